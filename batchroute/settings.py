@@ -1,0 +1,98 @@
+"""Typed settings, read once from ``BATCHROUTE_*`` environment variables.
+
+Use :func:`get_settings` everywhere; it builds the object once per process. An invalid value
+stops at startup with a :class:`~batchroute.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from batchroute.errors import ConfigError
+
+IN_PROCESS_BROKER = "memory://"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps its SQLite file and caches (XDG data dir)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "batchroute"
+
+
+class Settings(BaseSettings):
+    """All configuration of a batchroute process. Field ``x`` is read from ``BATCHROUTE_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHROUTE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    broker_url: str = IN_PROCESS_BROKER
+    # Redis for shared rate limits; empty = the broker when it is Redis, else in-process limits.
+    redis_url: str = ""
+    registry: Path | None = None
+    # Where the simulated provider listens; empty = start one in-process when a model needs it.
+    sim_url: str = ""
+    sim_time_scale: float = Field(default=1.0, gt=0)
+    analyze_chunk_size: int = Field(default=200, ge=1, le=10_000)
+    provider_chunk_size: int = Field(default=25, ge=1, le=1_000)
+    submit_batch_size: int = Field(default=1_000, ge=1)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_attempts_per_model: int = Field(default=3, ge=1, le=20)
+    max_models_per_request: int = Field(default=3, ge=1, le=20)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_cap_s: float = Field(default=30.0, gt=0)
+    # Requests sitting in queued/dispatched/running longer than this are re-enqueued.
+    reconcile_after_s: float = Field(default=600.0, gt=0)
+    # Broker visibility timeout; must exceed the longest task (see README "Timeouts").
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    embed_batch_size: int = Field(default=64, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return v
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in force: the env value, or a SQLite file under ``data_dir``."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgres://"):
+                url = "postgresql://" + url[len("postgres://"):]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            return url
+        return f"sqlite:///{self.data_dir / 'batchroute.db'}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis URL for shared state, or '' for in-process state."""
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
+
+    @property
+    def embedded(self) -> bool:
+        """True when tasks run in the calling process (no external broker)."""
+        return self.broker_url.startswith(IN_PROCESS_BROKER)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (built on first call). Raises ConfigError naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"BATCHROUTE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid settings", problems) from exc
