@@ -173,5 +173,14 @@ def baseline_cost_usd(registry: Registry, prompt_tokens: int, style: str | None,
     return estimate_cost_usd(model, prompt_tokens, style, max_tokens)
 
 
-__all__ = ["Candidate", "Decision", "RouteInput", "RoutePolicy", "decide", "weights_for",
-           "baseline_cost_usd", "expected_output_tokens", "OBJECTIVES"]
+__all__ = [
+    "OBJECTIVES",
+    "Candidate",
+    "Decision",
+    "RouteInput",
+    "RoutePolicy",
+    "baseline_cost_usd",
+    "decide",
+    "expected_output_tokens",
+    "weights_for",
+]

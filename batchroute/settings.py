@@ -37,10 +37,12 @@ class Settings(BaseSettings):
     registry: Path | None = None
     # Where the simulated provider listens; empty = start one in-process when a model needs it.
     sim_url: str = ""
-    sim_time_scale: float = Field(default=1.0, gt=0)
+    sim_time_scale: float = Field(default=1.0, ge=0)
     analyze_chunk_size: int = Field(default=200, ge=1, le=10_000)
     provider_chunk_size: int = Field(default=25, ge=1, le=1_000)
     submit_batch_size: int = Field(default=1_000, ge=1)
+    # max_tokens sent when a request gives none (also what rate limits pre-charge, as providers do).
+    default_max_tokens: int = Field(default=1024, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_attempts_per_model: int = Field(default=3, ge=1, le=20)
     max_models_per_request: int = Field(default=3, ge=1, le=20)

@@ -76,7 +76,7 @@ class GroupCommitWriter:
         try:
             with self._engine.begin() as conn:
                 results = [op(conn) for op, _ in batch]
-        except Exception:  # noqa: BLE001 - isolate the failing op below
+        except Exception:
             if len(batch) == 1:
                 self._commit_one(*batch[0])
                 return
@@ -93,7 +93,7 @@ class GroupCommitWriter:
         except SQLAlchemyError as exc:
             log.warning("ledger write failed: %s", exc)
             fut.set_exception(StorageError(f"database write failed: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - hand any failure to the waiting caller
+        except Exception as exc:
             fut.set_exception(exc)
         else:
             fut.set_result(res)

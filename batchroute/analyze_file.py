@@ -1,0 +1,59 @@
+"""``batchroute analyze FILE``: label and route every line of a job file without calling a model.
+
+Output, one JSON line per input line: ``id, domain, complexity, style, confidence, model, provider,
+reason`` (an invalid line gets ``id``, ``line`` and ``error`` instead). Embeds in batches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from batchroute.jobfile import JobItem, iter_job_lines
+from batchroute.pipeline import route_input
+from batchroute.registry import get_registry
+from batchroute.routing import RoutePolicy, decide, weights_for
+from batchroute.tables import Request
+
+BATCH = 256
+
+
+def _flush(items: list[JobItem], latency: str, out: IO[str]) -> None:
+    from batchroute.analyzer import get_analyzer
+
+    registry = get_registry()
+    analyses = get_analyzer().analyze([i.prompt for i in items])
+    for item, a in zip(items, analyses, strict=True):
+        lat = item.latency_class or latency
+        lam, mu = weights_for(lat)
+        req = Request(id=str(item.line), job_id="", line=item.line, custom_id=item.custom_id,
+                      prompt=item.prompt, latency_class=lat, prompt_tokens_est=item.prompt_tokens_est,
+                      max_tokens=item.max_tokens)
+        d = decide(route_input(req, a, registry), registry,
+                   RoutePolicy(cost_weight=lam, latency_weight=mu, pinned=item.model))
+        row: dict[str, Any] = {"id": item.custom_id, "domain": a.domain, "complexity": a.complexity,
+                               "style": a.style, "confidence": round(float(a.confidence), 4),
+                               "model": d.model, "provider": d.provider, "reason": d.reason}
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    items.clear()
+
+
+def analyze_file(path: Path, out: IO[str], latency: str = "standard") -> tuple[int, int]:
+    """Write one JSON line per input line of ``path`` to ``out``; returns (lines, invalid)."""
+    registry = get_registry()
+    lines = bad = 0
+    batch: list[JobItem] = []
+    with path.open(encoding="utf-8") as fh:
+        for item in iter_job_lines(fh, (m.name for m in registry.models), source=str(path)):
+            lines += 1
+            if isinstance(item, JobItem):
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    _flush(batch, latency, out)
+            else:
+                _flush(batch, latency, out)
+                bad += 1
+                out.write(json.dumps({"id": None, "line": item.line, "error": str(item)}) + "\n")
+    _flush(batch, latency, out)
+    return lines, bad

@@ -1,0 +1,61 @@
+"""``batchroute explain REQUEST_ID``: every routing decision of a request, readable or as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+from sqlmodel import Session
+
+from batchroute.db import get_engine
+from batchroute.errors import NotFoundError
+from batchroute.tables import Attempt, Request, RoutingDecision
+
+
+def explain_request(request_id: str) -> dict[str, Any]:
+    """The request, its decisions (labels, neighbours, candidates) and its attempts."""
+    with Session(get_engine()) as s:
+        req = s.get(Request, request_id)
+        if req is None:
+            raise NotFoundError(f"no request {request_id!r} (ids look like <job id>-<line>)")
+        decisions = list(s.exec(select(RoutingDecision).where(  # type: ignore[call-overload]
+            RoutingDecision.request_id == request_id).order_by(RoutingDecision.seq)).scalars())
+        attempts = list(s.exec(select(Attempt).where(  # type: ignore[call-overload]
+            Attempt.request_id == request_id).order_by(Attempt.created_at)).scalars())
+    return {
+        "request_id": req.id, "job_id": req.job_id, "custom_id": req.custom_id, "state": req.state,
+        "model": req.model, "provider": req.provider, "error": req.error,
+        "prompt_head": req.prompt[:200],
+        "decisions": [{"seq": d.seq, "model": d.model, "provider": d.provider, "reason": d.reason,
+                       "detail": d.detail} for d in decisions],
+        "attempts": [{"attempt_no": a.attempt_no, "model": a.model, "status": a.status,
+                      "http_status": a.http_status, "error_kind": a.error_kind,
+                      "latency_ms": round(a.latency_ms, 1), "cost_usd": a.cost_usd} for a in attempts],
+    }
+
+
+def render_explanation(data: dict[str, Any], console: Console) -> None:
+    """Print an explanation readably."""
+    console.print(f"[bold]{data['request_id']}[/] ({data['custom_id']}): {data['state']} on "
+                  f"{data['model']} / {data['provider']}")
+    console.print(f"prompt: {data['prompt_head']!r}", highlight=False)
+    for d in data["decisions"]:
+        det = d["detail"]
+        console.print(f"\n[bold]decision {d['seq']}[/]: {d['reason']}", highlight=False)
+        if "labels" in det:
+            conf = det.get("confidence", {})
+            console.print("labels: " + ", ".join(f"{k}={v} ({conf.get(k, 0):.2f})"
+                                                 for k, v in det["labels"].items()), highlight=False)
+        for n in det.get("neighbours", []):
+            console.print(f"  neighbour {n['id']} sim {n['similarity']:.3f}: {n['domain']}/{n['complexity']}",
+                          highlight=False)
+        t = Table("model", "quality", "cost $", "latency ms", "score", "excluded")
+        for c in det.get("candidates", []):
+            t.add_row(c["model"], f"{c['quality']:.3f}", f"{c['cost_usd']:.6f}", f"{c['latency_ms']:.0f}",
+                      "-" if c["score"] is None else f"{c['score']:.4f}", c["excluded"] or "")
+        console.print(t)
+    for a in data["attempts"]:
+        console.print(f"attempt {a['attempt_no']} {a['model']}: {a['status']} {a['http_status'] or ''} "
+                      f"{a['error_kind'] or ''} {a['latency_ms']} ms ${a['cost_usd']:.6f}", highlight=False)

@@ -1,0 +1,111 @@
+"""The analyze stage: label a chunk of queued requests, route each one, store why, dispatch.
+
+Runs in the ``analyze`` worker (or in-process in the embedded default). Idempotent: only requests
+still ``queued`` are taken, so a redelivered chunk does nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlmodel import Session
+
+from batchroute.db import get_engine
+from batchroute.dispatch import Dispatcher
+from batchroute.ledger import DECISIONS, REQUESTS, insert_ignore
+from batchroute.registry import Registry, get_registry
+from batchroute.routing import Decision, RouteInput, RoutePolicy, decide, weights_for
+from batchroute.settings import get_settings
+from batchroute.tables import Job, JobState, Request, RequestState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def policy_for(job: Job, request: Request, tried: frozenset[str] = frozenset(),
+               unhealthy: frozenset[str] = frozenset()) -> RoutePolicy:
+    """The routing policy of one request of ``job``."""
+    latency = request.latency_class or job.latency_class
+    lam, mu = weights_for(latency, job.objective, job.cost_weight)
+    return RoutePolicy(cost_weight=lam, latency_weight=mu,
+                       allowed=frozenset(job.allowed_models) if job.allowed_models else None,
+                       pinned=request.pinned_model, tried=tried, unhealthy=unhealthy)
+
+
+def route_input(request: Request, analysis: Any, registry: Registry) -> RouteInput:
+    """The router's view of a request given its analysis (labels + outcome-aware quality)."""
+    predicted = {m.name: analysis.predicted_quality(m.name, m.prior_quality(analysis.domain,
+                                                                           analysis.complexity))
+                 for m in registry.models}
+    return RouteInput(domain=analysis.domain, complexity=analysis.complexity, style=analysis.style,
+                      confidence=analysis.confidence, prompt_tokens=request.prompt_tokens_est,
+                      latency_class=request.latency_class, max_tokens=request.max_tokens,
+                      predicted_quality=predicted)
+
+
+def decision_detail(analysis: Any, decision: Decision) -> dict[str, Any]:
+    """What ``batchroute explain`` shows: labels, confidence, neighbours, every candidate."""
+    return {
+        "labels": {"domain": analysis.domain, "complexity": analysis.complexity, "style": analysis.style},
+        "confidence": {"domain": round(analysis.confidence, 4),
+                       "complexity": round(analysis.complexity_confidence, 4),
+                       "style": round(analysis.style_confidence, 4)},
+        "neighbours": [{"id": n.id, "similarity": round(float(n.similarity), 4), "domain": n.domain,
+                        "complexity": n.complexity, "style": n.style} for n in analysis.neighbours],
+        **decision.to_dict(),
+    }
+
+
+def analyze_chunk(request_ids: Sequence[str], dispatcher: Dispatcher) -> dict[str, list[str]]:
+    """Analyze, route and dispatch the still-queued requests among ``request_ids``.
+
+    Returns the dispatched ids per provider.
+    """
+    from batchroute.analyzer import get_analyzer
+
+    registry = get_registry()
+    engine = get_engine()
+    with Session(engine) as session:
+        requests = list(session.exec(select(Request).where(
+            Request.id.in_(list(request_ids)), Request.state == RequestState.QUEUED)).scalars())  # type: ignore[attr-defined]
+        if not requests:
+            return {}
+        jobs = {j.id: j for j in session.exec(select(Job).where(
+            Job.id.in_({r.job_id for r in requests}))).scalars()}  # type: ignore[attr-defined]
+    analyses = get_analyzer().analyze([r.prompt for r in requests])
+
+    updates: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []
+    by_provider: dict[str, list[str]] = defaultdict(list)
+    now = utcnow()
+    for req, analysis in zip(requests, analyses, strict=True):
+        decision = decide(route_input(req, analysis, registry), registry, policy_for(jobs[req.job_id], req))
+        state = RequestState.DISPATCHED if decision.model else RequestState.FAILED
+        updates.append({"b_id": req.id, "domain": analysis.domain, "complexity": analysis.complexity,
+                        "style": analysis.style, "confidence": float(analysis.confidence),
+                        "model": decision.model, "provider": decision.provider, "state": state,
+                        "error": None if decision.model else decision.reason, "updated_at": now})
+        decisions.append({"request_id": req.id, "job_id": req.job_id, "seq": 0, "model": decision.model,
+                          "provider": decision.provider, "reason": decision.reason,
+                          "detail": decision_detail(analysis, decision), "created_at": now})
+        if decision.provider:
+            by_provider[decision.provider].append(req.id)
+
+    with engine.begin() as conn:
+        insert_ignore(conn, DECISIONS, decisions)
+        conn.execute(update(REQUESTS).where(REQUESTS.c.id == bindparam("b_id"),
+                                            REQUESTS.c.state == RequestState.QUEUED)
+                     .values({k: bindparam(k) for k in updates[0] if k != "b_id"}), updates)
+        conn.execute(update(Job.__table__).where(  # type: ignore[attr-defined]
+            Job.__table__.c.id.in_(list(jobs)), Job.__table__.c.state == JobState.QUEUED)  # type: ignore[attr-defined]
+            .values(state=JobState.RUNNING))
+
+    chunk = get_settings().provider_chunk_size
+    for provider, ids in by_provider.items():
+        for i in range(0, len(ids), chunk):
+            dispatcher.execute(provider, ids[i:i + chunk])
+    return dict(by_provider)
+

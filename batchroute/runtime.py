@@ -1,0 +1,129 @@
+"""The per-process runtime: one event loop thread, one aiohttp session, one ledger writer.
+
+Provider calls run as coroutines on a single background event loop so one worker process keeps
+hundreds of calls in flight; Celery threads (or the CLI) hand coroutines to it with :meth:`Runtime.run`.
+Everything is created lazily and once per process (a forked child builds its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from batchroute.breaker import CircuitBreaker
+from batchroute.db import get_engine
+from batchroute.settings import get_settings
+from batchroute.writer import GroupCommitWriter
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from batchroute.ratelimit import RateLimiter
+    from batchroute.simprovider import SimServer
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Process-wide async machinery. Get it with :func:`get_runtime`."""
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="batchroute-loop", daemon=True)
+        self._thread.start()
+        self.writer = GroupCommitWriter(get_engine())
+        self.breaker = CircuitBreaker()
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter: RateLimiter | None = None
+        self._sim: SimServer | None = None
+        self._lock = asyncio.Lock()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Schedule ``coro`` on the runtime loop from any thread; returns a concurrent Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run ``coro`` on the runtime loop and wait for it (never call from the loop thread)."""
+        return self.submit(coro).result(timeout_s)
+
+    @property
+    def on_loop(self) -> bool:
+        """True when the caller runs on the runtime loop's thread."""
+        return threading.current_thread() is self._thread
+
+    async def session(self) -> aiohttp.ClientSession:
+        """The shared aiohttp session (created on first use, on the loop)."""
+        if self._session is None:
+            from batchroute.providers import new_session
+
+            self._session = new_session()
+        return self._session
+
+    async def limiter(self) -> RateLimiter:
+        """Shared Redis limits when Redis is configured, else in-process limits."""
+        if self._limiter is None:
+            from batchroute.ratelimit import InMemoryRateLimiter, RedisRateLimiter
+
+            url = self.settings.effective_redis_url
+            self._limiter = RedisRateLimiter(url) if url else InMemoryRateLimiter()
+        return self._limiter
+
+    async def sim_url(self) -> str:
+        """The simulated provider's address: BATCHROUTE_SIM_URL, or one started in this process."""
+        if self.settings.sim_url:
+            return self.settings.sim_url
+        async with self._lock:
+            if self._sim is None:
+                from batchroute.registry import get_registry
+                from batchroute.simprovider import SimConfig, start_sim_server
+
+                self._sim = await start_sim_server(
+                    get_registry(), SimConfig(time_scale=self.settings.sim_time_scale))
+            return self._sim.url
+
+    def close(self) -> None:
+        """Flush the writer and stop the loop (tests and clean CLI exits)."""
+        async def _shutdown() -> None:
+            if self._session is not None:
+                await self._session.close()
+            if self._sim is not None:
+                await self._sim.close()
+
+        try:
+            self.run(_shutdown(), timeout_s=10)
+        finally:
+            self.writer.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime (built on first use; rebuilt in a forked child)."""
+    global _runtime, _runtime_pid
+    with _runtime_lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = Runtime()
+            _runtime_pid = os.getpid()
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Close and forget this process's runtime (tests that change settings)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.close()
+        _runtime = None

@@ -1,0 +1,156 @@
+"""The whole pipeline, end to end: a 500-prompt job with exact counts and sums.
+
+Runs twice: on the embedded default (SQLite, in-process queues) and on the real deployment
+(Postgres, Redis broker, real `celery worker` processes for `analyze` and each provider queue).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from batchroute.localcluster import LocalCluster
+from tests.conftest import DATA_DIR, apply_settings, truncate_pg
+
+N_PROMPTS = 500
+BAD_LINES = [
+    "{this is not json",                                               # malformed
+    json.dumps({"id": "no-prompt"}),                                    # missing prompt
+    json.dumps({"id": "slow", "prompt": "hi", "latency": "whenever"}),  # unknown latency class
+    json.dumps({"id": "pinned-bad", "prompt": "hi", "model": "gpt-17"}),  # unknown model
+    json.dumps({"id": "huge", "prompt": "word " * 1_000_000}),          # larger than every context window
+]
+
+
+def demo_rows() -> list[dict[str, str]]:
+    from batchroute.demo import demo_prompts
+
+    return demo_prompts()
+
+
+def write_job(path: Path, n: int = N_PROMPTS) -> Path:
+    """n valid prompts (the demo workload, cycled with a variant suffix) with the bad lines mixed in."""
+    rows = demo_rows()
+    lines = []
+    for i in range(n):
+        base = rows[i % len(rows)]
+        prompt = base["prompt"] if i < len(rows) else f"{base['prompt']}\n(variant {i})"
+        if i % 50 == 0:  # some lines in the OpenAI Batch format
+            lines.append(json.dumps({"custom_id": f"p{i}", "method": "POST", "url": "/v1/chat/completions",
+                                     "body": {"model": "auto", "messages": [{"role": "user", "content": prompt}]}}))
+        else:
+            lines.append(json.dumps({"id": f"p{i}", "prompt": prompt}))
+        if i % 100 == 7 and BAD_LINES:
+            lines.append(BAD_LINES[(i // 100) % len(BAD_LINES)])
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def assert_job_complete(job_id: str, n: int, invalid: int) -> dict:
+    from batchroute.db import get_engine
+    from batchroute.jobs import iter_results, job_status
+    from batchroute.tables import Attempt, JobLineError, Request, Result
+
+    st = job_status(job_id)
+    assert st["state"] == "completed", st
+    assert st["requests"] == n and st["by_state"]["succeeded"] == n and st["done"] == n
+    assert st["invalid_lines"] == invalid
+    with Session(get_engine()) as s:
+        n_results = s.exec(select(func.count()).select_from(Result).where(Result.job_id == job_id)).one()[0]
+        n_distinct = s.exec(select(func.count(func.distinct(Result.request_id))).where(Result.job_id == job_id)).one()[0]
+        attempts_cost = s.exec(select(func.sum(Attempt.cost_usd)).where(Attempt.job_id == job_id)).one()[0]
+        results_cost = s.exec(select(func.sum(Result.cost_usd)).where(Result.job_id == job_id)).one()[0]
+        ok_attempts = s.exec(select(func.count()).select_from(Attempt).where(
+            Attempt.job_id == job_id, Attempt.status == "ok")).one()[0]
+        db_states = dict(s.exec(select(Request.state, func.count()).where(Request.job_id == job_id)
+                                .group_by(Request.state)).all())
+        line_errors = s.exec(select(func.count()).select_from(JobLineError).where(JobLineError.job_id == job_id)).one()[0]
+    assert n_results == n_distinct == n
+    assert ok_attempts == n  # exactly one successful call per request
+    assert attempts_cost > 0
+    assert attempts_cost == pytest.approx(st["cost_usd"], rel=1e-9)
+    assert results_cost == pytest.approx(attempts_cost, rel=1e-9)
+    assert {k: v for k, v in st["by_state"].items() if v} == db_states
+    assert line_errors == invalid
+    lines = list(iter_results(job_id))
+    assert len(lines) == n + invalid
+    assert sum(1 for r in lines if r["state"] == "succeeded" and r["output"]) == n
+    invalid_lines = [r for r in lines if r["state"] == "invalid"]
+    assert all(r["error"]["message"].startswith("line ") for r in invalid_lines)
+    return st
+
+
+def expected_invalid(n: int) -> int:
+    return sum(1 for i in range(n) if i % 100 == 7)
+
+
+def test_pipeline_embedded_default(embedded: Path) -> None:
+    from batchroute.dispatch import get_dispatcher
+    from batchroute.jobs import JobOptions, submit_job
+
+    src = write_job(embedded / "job.jsonl")
+    report = submit_job(src, JobOptions(latency_class="batch", tags={"team": "legal"}))
+    get_dispatcher().drain()
+    assert report.requests == N_PROMPTS and report.invalid == expected_invalid(N_PROMPTS)
+    reasons = " | ".join(report.errors)
+    for fragment in ("not valid JSON", "field 'prompt': missing", "unknown latency class 'whenever'",
+                     "unknown model 'gpt-17'", "largest eligible context window"):
+        assert fragment in reasons
+    st = assert_job_complete(report.job_id, N_PROMPTS, report.invalid)
+    # Routing spread the work: more than one model answered.
+    assert len(st["by_model"]) >= 2
+
+
+@pytest.fixture
+def deployment(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Postgres + Redis broker + a simulated provider + real worker processes."""
+    from batchroute.simprovider import SimConfig, SimServerThread
+
+    from batchroute.registry import load_registry
+
+    truncate_pg(pg_url)
+    sim = SimServerThread(load_registry(), SimConfig(time_scale=0.0))
+    sim.start()
+    env = {"BATCHROUTE_DATABASE_URL": pg_url, "BATCHROUTE_BROKER_URL": redis_url,
+           "BATCHROUTE_SIM_URL": sim.url, "BATCHROUTE_RECONCILE_AFTER_S": "5",
+           "BATCHROUTE_BACKOFF_BASE_S": "0.05", "BATCHROUTE_BACKOFF_CAP_S": "0.5"}
+    apply_settings(**env)
+    cluster = LocalCluster(env, DATA_DIR / "logs")
+    cluster.start("analyze", "analyze", "solo", 1)
+    cluster.start("providers", "provider.openai-sim,provider.anthropic-sim,provider.together-sim", "threads", 8)
+    try:
+        cluster.wait_ready()
+        yield {**env, "tmp": str(tmp_path)}
+    finally:
+        cluster.stop()
+        sim.stop()
+        apply_settings()
+
+
+def wait_for_job(job_id: str, timeout_s: float = 150) -> dict:
+    from batchroute.jobs import job_status
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = job_status(job_id)
+        if st["state"] in ("completed", "failed"):
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish: {job_status(job_id)}")
+
+
+@pytest.mark.integration
+def test_pipeline_on_postgres_redis_and_celery_workers(deployment: dict[str, str]) -> None:
+    from batchroute.jobs import JobOptions, submit_job
+
+    src = write_job(Path(deployment["tmp"]) / "job.jsonl")
+    report = submit_job(src, JobOptions(latency_class="standard", tags={"team": "search"}))
+    assert report.requests == N_PROMPTS
+    wait_for_job(report.job_id)
+    assert_job_complete(report.job_id, N_PROMPTS, report.invalid)

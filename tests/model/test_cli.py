@@ -1,0 +1,98 @@
+"""The CLI on the embedded default: submit, status, results, analyze, explain, registry validate."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from batchroute.cli import app
+
+runner = CliRunner()
+
+
+def _job(tmp: Path) -> Path:
+    lines = [
+        json.dumps({"id": "a", "prompt": "Is this review positive or negative? 'Great battery, awful screen.'"}),
+        json.dumps({"id": "b", "prompt": "Write a Python function that merges two sorted lists."}),
+        "not json",
+        json.dumps({"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "sim-gpt-4", "messages": [{"role": "user", "content": "What is 17*23?"}],
+                             "max_tokens": 50}}),
+    ]
+    path = tmp / "job.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_submit_status_results_explain(embedded: Path) -> None:
+    res = runner.invoke(app, ["submit", str(_job(embedded)), "--latency", "batch", "--tag", "team=legal", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout[res.stdout.index("{"):])
+    assert (data["requests"], data["invalid"]) == (3, 1)
+    job_id = data["job_id"]
+    assert data["status"]["state"] == "completed" and data["status"]["by_state"]["succeeded"] == 3
+
+    st = runner.invoke(app, ["status", job_id, "--json"])
+    assert st.exit_code == 0
+    status = json.loads(st.stdout)
+    assert status["attempts"] == 3 and status["tags"] == {"team": "legal"}
+
+    out = embedded / "results.jsonl"
+    r = runner.invoke(app, ["results", job_id, "-o", str(out)])
+    assert r.exit_code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["a", "b", "c", None]
+    assert rows[2]["model"] == "sim-gpt-4"  # pinned by the OpenAI Batch line
+    assert rows[2]["completion_tokens"] <= 50
+    assert rows[3]["state"] == "invalid" and rows[3]["error"]["message"].startswith("line 3:")
+    for row in rows[:3]:
+        assert row["response"]["status_code"] == 200
+        assert row["output"].startswith(f"[{row['model']}]")
+        assert row["cost_usd"] > 0 and row["latency_ms"] >= 0
+    assert sum(row["cost_usd"] for row in rows[:3]) == __import__("pytest").approx(status["cost_usd"])
+
+    ex = runner.invoke(app, ["explain", rows[0]["request_id"], "--json"])
+    assert ex.exit_code == 0
+    exp = json.loads(ex.stdout)
+    d0 = exp["decisions"][0]["detail"]
+    assert d0["labels"]["domain"] == exp["decisions"][0]["detail"]["labels"]["domain"]
+    assert len(d0["candidates"]) == 5 and len(d0["neighbours"]) >= 1
+    assert exp["attempts"][0]["status"] == "ok"
+
+
+def test_analyze_command(embedded: Path) -> None:
+    res = runner.invoke(app, ["analyze", str(_job(embedded))])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 4
+    keys = {"id", "domain", "complexity", "style", "confidence", "model", "provider", "reason"}
+    assert all(keys <= set(r) for r in (rows[0], rows[1], rows[3]))
+    assert rows[1]["domain"] == "code"
+    assert rows[2]["line"] == 3 and "not valid JSON" in rows[2]["error"]
+    assert rows[3]["model"] == "sim-gpt-4"
+
+
+def test_bad_options_exit_2(embedded: Path) -> None:
+    job = _job(embedded)
+    for args, fragment in ((["--latency", "urgent"], "unknown latency class"),
+                           (["--tag", "no-equals"], "bad tag"),
+                           (["--objective", "cheapest"], "unknown objective"),
+                           (["--model", "gpt-17"], "unknown model")):
+        res = runner.invoke(app, ["submit", str(job), *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert fragment in res.output
+    res = runner.invoke(app, ["status", "job_nope"])
+    assert res.exit_code == 1 and "no job 'job_nope'" in res.output
+
+
+def test_registry_validate(tmp_path: Path) -> None:
+    from batchroute.registry import BUNDLED_REGISTRY
+
+    ok = runner.invoke(app, ["registry", "validate", str(BUNDLED_REGISTRY)])
+    assert ok.exit_code == 0 and "5 models" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BUNDLED_REGISTRY.read_text().replace("input_price_per_mtok_usd: 10.0",
+                                                        "input_price_per_mtok_usd: -1"))
+    res = runner.invoke(app, ["registry", "validate", str(bad)])
+    assert res.exit_code == 2
+    assert "models[0](sim-gpt-4).input_price_per_mtok_usd" in res.output

@@ -1,0 +1,1 @@
+"""Celery wiring for batchroute: the app, its queues and thin tasks over the ``batchroute`` library."""
