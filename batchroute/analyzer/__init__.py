@@ -1,0 +1,264 @@
+"""The analyzer: what a prompt is (TAXONOMY.md labels) and how well each model does on ones like it.
+
+Use the process-wide instance (the model and index load on first use, once per process)::
+
+    from batchroute.analyzer import get_analyzer
+
+    [a] = get_analyzer().analyze(["Write a Python function that reverses a linked list"])
+    a.domain, a.complexity, a.style, a.confidence      # "code", "simple", "verbose", 0.97
+    a.predicted_quality("gpt-4o-mini", prior=0.8)        # outcome-aware when neighbours have outcomes
+
+or build one over your own exemplar files (JSONL, see :mod:`batchroute.analyzer.index`)::
+
+    analyzer = Analyzer.from_paths([BUNDLED_EXEMPLARS, Path("my_outcomes.jsonl")])
+
+How labels are made: prompts are embedded (:mod:`~batchroute.analyzer.embedder`), the ``k``
+nearest exemplars vote, and a small logistic regression stacked on the vote and on cheap text
+features (:mod:`~batchroute.analyzer.features`) gives calibrated probabilities
+(:mod:`~batchroute.analyzer.labels`). ``analyze`` is batch-first: pass thousands of prompts in
+one call. Importing this package loads neither torch nor the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchroute.analyzer.embedder import FULL_LENGTH, Embedder, PrepConfig, prepare_text
+from batchroute.analyzer.features import FEATURE_NAMES, extract_features
+from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex
+from batchroute.analyzer.labels import AxisModel
+from batchroute.errors import AnalyzerError
+from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
+
+__all__ = [
+    "BUNDLED_EXEMPLARS",
+    "FULL_LENGTH",
+    "Analysis",
+    "Analyzer",
+    "Embedder",
+    "Exemplar",
+    "ExemplarIndex",
+    "Neighbour",
+    "PrepConfig",
+    "extract_features",
+    "get_analyzer",
+    "prepare_text",
+]
+
+log = logging.getLogger(__name__)
+
+N_NEIGHBOURS = 5
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One nearby exemplar (labels are None where the exemplar carries none)."""
+
+    id: str
+    similarity: float
+    domain: str | None
+    complexity: str | None
+    style: str | None
+
+
+@dataclass
+class Analysis:
+    """What the analyzer knows about one prompt.
+
+    ``confidence`` is the calibrated probability of ``domain``; ``outcome_stats`` maps a model
+    to ``(similarity-weighted score sum, weight sum, neighbour count)`` over nearby exemplars
+    that carry outcomes for it (empty when none do).
+    """
+
+    domain: str
+    complexity: str
+    style: str
+    confidence: float
+    complexity_confidence: float
+    style_confidence: float
+    domain_probs: dict[str, float]
+    neighbours: list[Neighbour]
+    features: dict[str, float]
+    outcome_stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+
+    def predicted_quality(self, model_name: str, prior: float, strength: float = 5.0) -> float:
+        """Expected score of ``model_name`` on this prompt, in [0, 1].
+
+        ``(sum_w * mean_score + strength * prior) / (sum_w + strength)``: the neighbours'
+        observed scores shrunk toward ``prior`` (the registry's static quality), so a model
+        with few nearby outcomes stays close to its prior.
+        """
+        stats = self.outcome_stats.get(model_name)
+        if stats is None or stats[1] <= 0:
+            return prior
+        score_sum, weight_sum, _ = stats
+        return (score_sum + strength * prior) / (weight_sum + strength)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+class Analyzer:
+    """Labels prompts with kNN over an :class:`ExemplarIndex` plus a stacked classifier.
+
+    Args:
+        index: the exemplar index (built with ``embedder``).
+        embedder: embeds prompts exactly as the index was embedded.
+        k: labeled neighbours that vote per axis.
+        temperature: softness of the vote weights ``exp((sim - best) / temperature)``.
+        outcome_k: neighbours carrying outcomes used for predicted quality.
+        min_outcome_sim: outcome neighbours below this similarity are ignored.
+    """
+
+    def __init__(self, index: ExemplarIndex, embedder: Embedder, *, k: int = 15,
+                 temperature: float = 0.05, outcome_k: int = 20,
+                 min_outcome_sim: float = 0.3) -> None:
+        if not len(index):
+            raise AnalyzerError(
+                "the exemplar index is empty: no usable exemplar lines were found"
+                + (f" ({len(index.problems)} skipped)" if index.problems else ""))
+        if not np.any(index.labels["domain"] >= 0):
+            raise AnalyzerError("no exemplar carries a domain label; cannot label prompts")
+        self.index = index
+        self.embedder = embedder
+        self.k = k
+        self.outcome_k = outcome_k
+        self.min_outcome_sim = min_outcome_sim
+        self.axes = {axis: AxisModel(len(names), k, temperature) for axis, names in AXES.items()}
+        self.fit_report: dict[str, dict[str, float]] = {}
+        self.fit()
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[Path | str] | None = None, *,
+                   embedder: Embedder | None = None, cache_dir: Path | None = None,
+                   **kwargs: Any) -> Analyzer:
+        """An analyzer over exemplar files/directories (default: the bundled exemplars).
+
+        The index is cached under ``cache_dir`` (None: not cached). ``kwargs`` go to
+        :class:`Analyzer`.
+        """
+        emb = embedder or Embedder()
+        index = ExemplarIndex.load_or_build(list(paths or [BUNDLED_EXEMPLARS]), emb, cache_dir)
+        return cls(index, emb, **kwargs)
+
+    def fit(self) -> dict[str, dict[str, float]]:
+        """(Re)train the stacked classifiers from the index; call after adding labeled rows."""
+        t0 = time.perf_counter()
+        vecs = self.index.vectors()
+        sims, idx = self.index.search(vecs, min(self.k + 8, len(self.index)))
+        self.fit_report = {axis: model.fit(sims, idx, self.index.labels[axis], vecs,
+                                           self.index.features)
+                           for axis, model in self.axes.items()}
+        log.info("analyzer fitted on %d exemplars in %.2fs", len(self.index),
+                 time.perf_counter() - t0)
+        return self.fit_report
+
+    def analyze(self, prompts: Sequence[str]) -> list[Analysis]:
+        """Label every prompt; one :class:`Analysis` per prompt, in order."""
+        if not prompts:
+            return []
+        return self.analyze_embedded(prompts, self.embedder.encode(prompts))
+
+    def analyze_embedded(self, prompts: Sequence[str], embeddings: np.ndarray) -> list[Analysis]:
+        """Like :meth:`analyze` with embeddings already computed by this analyzer's embedder."""
+        if len(prompts) != len(embeddings):
+            raise AnalyzerError(f"{len(prompts)} prompts but {len(embeddings)} embeddings")
+        if not prompts:
+            return []
+        feats = [extract_features(p) for p in prompts]
+        fmat = np.array([[f[n] for n in FEATURE_NAMES] for f in feats], dtype=np.float64)
+        sims, idx = self.index.search(embeddings, min(self.k * 2, len(self.index)))
+        probs = {axis: model.predict(sims, idx, self.index.labels[axis], embeddings, fmat)
+                 for axis, model in self.axes.items()}
+        outcome = self._outcome_stats(embeddings)
+        out: list[Analysis] = []
+        for i in range(len(prompts)):
+            d, c, s = (probs[a][i] for a in ("domain", "complexity", "style"))
+            di, ci, si = int(d.argmax()), int(c.argmax()), int(s.argmax())
+            neighbours = [self._neighbour(int(j), float(sim))
+                          for sim, j in zip(sims[i, :N_NEIGHBOURS], idx[i, :N_NEIGHBOURS], strict=True)
+                          if j >= 0]
+            out.append(Analysis(
+                domain=DOMAINS[di], complexity=COMPLEXITIES[ci], style=STYLES[si],
+                confidence=float(d[di]), complexity_confidence=float(c[ci]),
+                style_confidence=float(s[si]),
+                domain_probs={name: float(p) for name, p in zip(DOMAINS, d, strict=True)},
+                neighbours=neighbours, features=feats[i], outcome_stats=outcome[i]))
+        return out
+
+    def _neighbour(self, row: int, sim: float) -> Neighbour:
+        ex = self.index.meta[row]
+        return Neighbour(id=ex.id, similarity=sim, domain=ex.domain, complexity=ex.complexity,
+                         style=ex.style)
+
+    def _outcome_stats(self, embeddings: np.ndarray) -> list[dict[str, tuple[float, float, int]]]:
+        n = len(embeddings)
+        if not self.index.models:
+            return [{} for _ in range(n)]
+        sims, idx = self.index.search_outcomes(embeddings, self.outcome_k)
+        scores = self.index.scores
+        out: list[dict[str, tuple[float, float, int]]] = []
+        for i in range(n):
+            keep = (idx[i] >= 0) & (sims[i] >= self.min_outcome_sim)
+            rows, w = idx[i][keep], np.clip(sims[i][keep], 0.0, 1.0).astype(np.float64)
+            stats: dict[str, tuple[float, float, int]] = {}
+            if len(rows):
+                sc = scores[rows].astype(np.float64)          # (m, n_models), nan = no outcome
+                has = ~np.isnan(sc)
+                wsum = (has * w[:, None]).sum(axis=0)
+                ssum = (np.where(has, sc, 0.0) * w[:, None]).sum(axis=0)
+                cnt = has.sum(axis=0)
+                for j in np.flatnonzero(cnt):
+                    stats[self.index.models[j]] = (float(ssum[j]), float(wsum[j]), int(cnt[j]))
+            out.append(stats)
+        return out
+
+    def add_exemplars(self, rows: Sequence[dict[str, Any]], refit: bool = True) -> None:
+        """Learn from labeled prompts or outcomes (``{"id", "prompt", labels?, "outcomes"?}``).
+
+        Embeds the prompts, adds them to the in-memory index and, with ``refit``, retrains the
+        label models. Not persisted.
+        """
+        if not rows:
+            return
+        prompts = [r.get("prompt") for r in rows]
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise AnalyzerError("add_exemplars: every row needs a non-empty 'prompt'")
+        self.index.add(rows, self.embedder.encode([str(p) for p in prompts]))
+        if refit:
+            self.fit()
+
+
+_SINGLETON: Analyzer | None = None
+_SINGLETON_LOCK = threading.Lock()
+
+
+def get_analyzer() -> Analyzer:
+    """The process-wide analyzer over the bundled exemplars (built on first call).
+
+    Its index is cached in ``settings.data_dir / "index"``; extra exemplar/outcome files come
+    from ``settings.exemplar_paths`` when the settings define it.
+    """
+    global _SINGLETON
+    if _SINGLETON is not None:
+        return _SINGLETON
+    with _SINGLETON_LOCK:
+        if _SINGLETON is None:
+            from batchroute.settings import get_settings
+
+            settings = get_settings()
+            extra = [Path(p) for p in getattr(settings, "exemplar_paths", None) or []]
+            _SINGLETON = Analyzer.from_paths(
+                [BUNDLED_EXEMPLARS, *extra],
+                embedder=Embedder(batch_size=settings.embed_batch_size),
+                cache_dir=settings.data_dir / "index")
+        return _SINGLETON

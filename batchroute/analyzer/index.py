@@ -1,0 +1,396 @@
+"""The exemplar index: labeled example prompts, their embeddings, and a FAISS kNN search.
+
+Use::
+
+    emb = Embedder()
+    index = ExemplarIndex.load_or_build([BUNDLED_EXEMPLARS, Path("outcomes.jsonl")], emb,
+                                        cache_dir=get_settings().data_dir / "index")
+    sims, idx = index.search(emb.encode(["Write a haiku"]), k=15)
+    index.meta[idx[0, 0]].domain
+
+Inputs are JSONL files (or directories of ``*.jsonl``), one exemplar a line::
+
+    {"id", "prompt", "domain"?, "complexity"?, "style"?, "outcomes"?: {MODEL: {"score", "cost_usd"?}}}
+
+A label that is missing or ``null`` is simply not voted on by that row (the shared outcome
+files carry no complexity or style). A malformed line is skipped and reported in
+:attr:`ExemplarIndex.problems` (and logged), never fatal.
+
+The built index is cached in ``cache_dir/<key>/`` where the key hashes the content of every
+input file, the embedder's :attr:`~batchroute.analyzer.embedder.Embedder.config_key`, the
+source of ``features.py`` (the cheap features of every exemplar are stored with it) and the
+schema version; loading a cached index reads a FAISS file, a JSON file and an ``.npy`` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from batchroute.analyzer.features import FEATURE_NAMES, feature_matrix
+from batchroute.errors import AnalyzerError
+from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
+
+if TYPE_CHECKING:
+    from batchroute.analyzer.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+BUNDLED_EXEMPLARS = Path(__file__).resolve().parent.parent / "data" / "exemplars"
+SCHEMA_VERSION = 1
+AXES: dict[str, tuple[str, ...]] = {"domain": DOMAINS, "complexity": COMPLEXITIES, "style": STYLES}
+
+
+def _faiss() -> Any:
+    """faiss, imported on first use (keeps ``import batchroute.analyzer`` light)."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise AnalyzerError("faiss is not installed (pip install faiss-cpu)") from exc
+    return faiss
+
+
+@dataclass
+class Exemplar:
+    """One labeled prompt of the index (labels are None where the source carries none)."""
+
+    id: str
+    domain: str | None = None
+    complexity: str | None = None
+    style: str | None = None
+    # model name -> {"score": float in [0, 1], "cost_usd": float (optional)}
+    outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form, as stored in the index metadata."""
+        out: dict[str, Any] = {"id": self.id, "domain": self.domain, "complexity": self.complexity,
+                               "style": self.style, "source": self.source}
+        if self.outcomes:
+            out["outcomes"] = self.outcomes
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Exemplar:
+        """Inverse of :meth:`to_json`."""
+        return cls(id=d["id"], domain=d.get("domain"), complexity=d.get("complexity"),
+                   style=d.get("style"), outcomes=d.get("outcomes") or {}, source=d.get("source", ""))
+
+
+def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
+    """Files to read: each file as given, each directory's ``*.jsonl`` sorted by name."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.glob("*.jsonl") if q.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            log.warning("exemplar path %s does not exist; skipped", p)
+    return out
+
+
+def _parse_outcomes(raw: object) -> dict[str, dict[str, float]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("'outcomes' must be an object {model: {score, cost_usd?}}")
+    out: dict[str, dict[str, float]] = {}
+    for model, rec in raw.items():
+        if not isinstance(rec, dict) or not isinstance(rec.get("score"), int | float):
+            raise ValueError(f"outcomes[{model!r}] needs a numeric 'score'")
+        score = float(rec["score"])
+        if not 0.0 <= score <= 1.0 or math.isnan(score):
+            raise ValueError(f"outcomes[{model!r}].score must be within [0, 1]")
+        entry = {"score": score}
+        cost = rec.get("cost_usd")
+        if isinstance(cost, int | float) and not math.isnan(float(cost)):
+            entry["cost_usd"] = float(cost)
+        out[str(model)] = entry
+    return out
+
+
+def parse_row(obj: object, default_id: str, source: str) -> tuple[Exemplar, str]:
+    """Validate one JSONL object; returns the exemplar and its prompt or raises ValueError."""
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("'prompt' must be a non-empty string")
+    rid = obj.get("id", default_id)
+    if not isinstance(rid, str | int) or isinstance(rid, bool):
+        raise ValueError("'id' must be a string")
+    labels: dict[str, str | None] = {}
+    for axis, allowed in AXES.items():
+        value = obj.get(axis)
+        if value is not None and value not in allowed:
+            raise ValueError(f"{axis} {value!r} is not one of {list(allowed)}")
+        labels[axis] = value
+    ex = Exemplar(id=str(rid), domain=labels["domain"], complexity=labels["complexity"],
+                  style=labels["style"], outcomes=_parse_outcomes(obj.get("outcomes")), source=source)
+    if ex.domain is None and ex.complexity is None and ex.style is None and not ex.outcomes:
+        raise ValueError("carries no label and no outcomes")
+    return ex, prompt
+
+
+def read_files(paths: Sequence[Path]) -> list[tuple[Path, bytes | None]]:
+    """Each file's bytes (None when unreadable), read once so key and rows always agree."""
+    out: list[tuple[Path, bytes | None]] = []
+    for path in paths:
+        try:
+            out.append((path, path.read_bytes()))
+        except OSError:
+            out.append((path, None))
+    return out
+
+
+def read_rows(files: Sequence[tuple[Path, bytes | None]]) -> tuple[list[Exemplar], list[str], list[str]]:
+    """Parse exemplar files: (exemplars, prompts, problems). Bad lines are skipped and listed."""
+    rows: list[Exemplar] = []
+    prompts: list[str] = []
+    problems: list[str] = []
+    for path, data in files:
+        try:
+            if data is None:
+                raise OSError("cannot be read")
+            lines = data.decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: unreadable: {exc}")
+            continue
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                ex, prompt = parse_row(json.loads(line), f"{path.stem}:{n}", path.name)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{path}:{n}: {exc}")
+                continue
+            rows.append(ex)
+            prompts.append(prompt)
+    for p in problems:
+        log.warning("skipped exemplar line %s", p)
+    return rows, prompts, problems
+
+
+def content_key(files: Sequence[tuple[Path, bytes | None]], config_key: str) -> str:
+    """Cache key: sha256 of every file's bytes (in order), the embedder config, the feature
+    code and the schema."""
+    h = hashlib.sha256(f"v{SCHEMA_VERSION}|{config_key}".encode())
+    h.update((Path(__file__).parent / "features.py").read_bytes())
+    for path, data in files:
+        h.update(b"\x00" + path.name.encode() + b"\x00")
+        h.update(hashlib.sha256(data).digest() if data is not None else b"<unreadable>")
+    return h.hexdigest()[:24]
+
+
+class ExemplarIndex:
+    """Exemplar metadata plus a FAISS ``IndexFlatIP`` over their unit embeddings.
+
+    ``meta[i]`` describes row ``i`` of the FAISS index. Label arrays (``labels[axis]``: label
+    index per row, -1 where the row carries none) and per-model outcome arrays are kept in
+    step for vectorised voting.
+    """
+
+    def __init__(self, index: Any, meta: list[Exemplar], features: np.ndarray,
+                 config: dict[str, Any] | None = None, problems: list[str] | None = None) -> None:
+        if index.ntotal != len(meta) or len(features) != len(meta):
+            raise AnalyzerError(f"index has {index.ntotal} vectors, {len(features)} feature rows "
+                                f"and {len(meta)} metadata rows")
+        self.index = index
+        self.meta = meta
+        self.features = np.asarray(features, dtype=np.float32).reshape(len(meta), len(FEATURE_NAMES))
+        self.config = config or {}
+        self.problems = problems or []
+        self.key = ""
+        self._refresh()
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.index.d)
+
+    def _refresh(self) -> None:
+        self.labels: dict[str, np.ndarray] = {}
+        for axis, names in AXES.items():
+            pos = {n: i for i, n in enumerate(names)}
+            self.labels[axis] = np.array([pos.get(getattr(m, axis) or "", -1) for m in self.meta],
+                                         dtype=np.int64)
+        models = sorted({m for ex in self.meta for m in ex.outcomes})
+        self.models: list[str] = models
+        self.scores = np.full((len(self.meta), len(models)), np.nan, dtype=np.float32)
+        col = {m: j for j, m in enumerate(models)}
+        for i, ex in enumerate(self.meta):
+            for m, rec in ex.outcomes.items():
+                self.scores[i, col[m]] = rec["score"]
+        self.outcome_rows = np.flatnonzero(~np.all(np.isnan(self.scores), axis=1)) if models \
+            else np.zeros(0, dtype=np.int64)
+        self._outcome_index: Any = None
+
+    # ---- building and caching -------------------------------------------------------------
+
+    @classmethod
+    def from_vectors(cls, meta: list[Exemplar], vectors: np.ndarray, features: np.ndarray,
+                     config: dict[str, Any] | None = None,
+                     problems: list[str] | None = None) -> ExemplarIndex:
+        """An index over given unit vectors and feature rows (row ``i`` belongs to ``meta[i]``)."""
+        faiss = _faiss()
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(meta), -1)
+        index = faiss.IndexFlatIP(vecs.shape[1] if len(meta) else 384)
+        if len(meta):
+            index.add(vecs)
+        return cls(index, meta, features, config, problems)
+
+    @classmethod
+    def build(cls, paths: Sequence[Path | str], embedder: Embedder) -> ExemplarIndex:
+        """Read every exemplar file (directories: their ``*.jsonl``) and embed the prompts."""
+        return cls._build(read_files(expand_paths(paths)), embedder)
+
+    @classmethod
+    def _build(cls, files: Sequence[tuple[Path, bytes | None]], embedder: Embedder) -> ExemplarIndex:
+        meta, prompts, problems = read_rows(files)
+        t0 = time.perf_counter()
+        vectors = embedder.encode(prompts)
+        log.info("embedded %d exemplars from %d files in %.1fs", len(prompts), len(files),
+                 time.perf_counter() - t0)
+        out = cls.from_vectors(meta, vectors, feature_matrix(prompts), embedder.config(), problems)
+        out.key = content_key(files, embedder.config_key)
+        return out
+
+    @classmethod
+    def load_or_build(cls, paths: Sequence[Path | str], embedder: Embedder,
+                      cache_dir: Path | None) -> ExemplarIndex:
+        """The cached index for exactly these inputs and embedder, built and saved if absent.
+
+        Any change of an input file's bytes, of the file list or of the embedder configuration
+        gives another key, so a stale index is never loaded. ``cache_dir=None`` always builds.
+        """
+        files = read_files(expand_paths(paths))
+        key = content_key(files, embedder.config_key)
+        if cache_dir is not None:
+            target = Path(cache_dir) / key
+            if (target / "meta.json").is_file():
+                try:
+                    out = cls.load(target)
+                    out.key = key
+                    return out
+                except (AnalyzerError, OSError, ValueError, KeyError) as exc:
+                    log.warning("cached index %s unusable (%s); rebuilding", target, exc)
+        out = cls._build(files, embedder)
+        out.key = key
+        if cache_dir is not None:
+            try:
+                out.save(Path(cache_dir) / key)
+            except OSError as exc:
+                log.warning("cannot cache the exemplar index in %s: %s", cache_dir, exc)
+        return out
+
+    def save(self, directory: Path) -> None:
+        """Write ``index.faiss`` and ``meta.json`` into ``directory`` (atomically replaced)."""
+        faiss = _faiss()
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        faiss.write_index(self.index, str(tmp / "index.faiss"))
+        np.save(tmp / "features.npy", self.features)
+        meta = {"schema": SCHEMA_VERSION, "config": self.config, "problems": self.problems,
+                "rows": [m.to_json() for m in self.meta]}
+        (tmp / "meta.json").write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            # Another process saved the same key first: theirs is identical, keep it.
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+
+    @classmethod
+    def load(cls, directory: Path) -> ExemplarIndex:
+        """Read an index written by :meth:`save`."""
+        faiss = _faiss()
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("schema") != SCHEMA_VERSION:
+            raise AnalyzerError(f"{directory}: index schema {meta.get('schema')} != {SCHEMA_VERSION}")
+        index = faiss.read_index(str(directory / "index.faiss"))
+        features = np.load(directory / "features.npy")
+        return cls(index, [Exemplar.from_json(r) for r in meta["rows"]], features,
+                   meta.get("config"), meta.get("problems"))
+
+    # ---- use ----------------------------------------------------------------------------------
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors, ``(len(self), dim)`` float32."""
+        if not len(self):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self.index.reconstruct_n(0, len(self)), dtype=np.float32)
+
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` exemplars by cosine: ``(sims, idx)``, each ``(n, k)``; idx -1 pads."""
+        q = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        k = max(1, k)
+        if not len(self):
+            return (np.full((len(q), k), -np.inf, dtype=np.float32),
+                    np.full((len(q), k), -1, dtype=np.int64))
+        sims, idx = self.index.search(q, k)
+        return sims, idx
+
+    def search_outcomes(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search` over only the rows that carry outcomes; idx are index rows."""
+        q = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if not len(self.outcome_rows):
+            return (np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64))
+        if len(self.outcome_rows) == len(self):
+            return self.search(q, min(k, len(self)))
+        if self._outcome_index is None:
+            faiss = _faiss()
+            sub = faiss.IndexFlatIP(self.dim)
+            sub.add(np.ascontiguousarray(self.vectors()[self.outcome_rows]))
+            self._outcome_index = sub
+        sims, sub_idx = self._outcome_index.search(q, min(k, len(self.outcome_rows)))
+        return sims, np.where(sub_idx >= 0, self.outcome_rows[np.maximum(sub_idx, 0)], -1)
+
+    def add(self, rows: Sequence[Exemplar | dict[str, Any]], embeddings: np.ndarray) -> None:
+        """Append exemplars: JSONL-style dicts (validated like file lines) or :class:`Exemplar`.
+
+        Used for feedback: the caller embeds the prompts with the same embedder. A dict's
+        ``prompt`` feeds the stored cheap features (zeros without it). Not persisted until
+        :meth:`save` is called; a model that uses the index (``Analyzer``) must be refitted
+        to learn from new labels, while new outcomes count at once.
+        """
+        if len(rows) != len(embeddings):
+            raise AnalyzerError(f"add: {len(rows)} rows but {len(embeddings)} embeddings")
+        new: list[Exemplar] = []
+        prompts: list[str] = []
+        for i, row in enumerate(rows):
+            if isinstance(row, Exemplar):
+                new.append(row)
+                prompts.append("")
+                continue
+            try:
+                ex, prompt = parse_row({"prompt": "-", **row}, f"added:{len(self) + i}", "added")
+            except ValueError as exc:
+                raise AnalyzerError(f"add: row {i}: {exc}") from exc
+            new.append(ex)
+            prompts.append("" if prompt == "-" else prompt)
+        if not new:
+            return
+        feats = feature_matrix(prompts)
+        feats[[i for i, p in enumerate(prompts) if not p]] = 0.0
+        self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+        self.meta.extend(new)
+        self.features = np.vstack([self.features, feats])
+        self._refresh()

@@ -1,0 +1,267 @@
+"""Analyzer benchmark: label accuracy on held-out prompts, throughput, cached-index load time.
+
+Run from the repo root::
+
+    .venv/bin/python bench/analyzer_bench.py                  # prints one JSON object
+    .venv/bin/python bench/analyzer_bench.py --quick          # fewer shared prompts (~1 min)
+
+Measures (nothing measured here is ever added to the index):
+
+* label accuracy on the demo workload (``batchroute/data/demo/*.jsonl``) and on the labeled real
+  prompts of ``../shared/data/prompts`` (rows with a ``domain``; ``*_train`` files skipped);
+  domain macro-F1 is over the domains present in the truth of each set;
+* the same with full-length fp32 embeddings (no preparation, no quantisation) for comparison;
+* a reliability table of the domain confidence (mean confidence vs accuracy per bin, ECE);
+* throughput of ``Analyzer.analyze`` (cold embedding cache, model already loaded) on a mixed
+  batch where a third of the prompts have 200+ words, against plain ``model.encode`` of the
+  full prompts with the stock fp32 model in the same run;
+* time to load the cached exemplar index.
+
+Top-level keys: prompts, analyze_per_s, plain_encode_per_s, speedup, domain_macro_f1,
+domain_macro_f1_full_length, complexity_accuracy, index_load_s (+ details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from batchroute.analyzer import (  # noqa: E402
+    BUNDLED_EXEMPLARS,
+    FULL_LENGTH,
+    Analysis,
+    Analyzer,
+    Embedder,
+    ExemplarIndex,
+)
+from batchroute.analyzer.embedder import encode_plain  # noqa: E402
+from batchroute.taxonomy import DOMAINS  # noqa: E402
+
+DEMO_DIR = ROOT / "batchroute" / "data" / "demo"
+SHARED_PROMPTS = ROOT.parent / "shared" / "data" / "prompts"
+
+
+def read_jsonl(paths: Sequence[Path], limit_per_file: int | None = None) -> list[dict[str, Any]]:
+    """Rows with a string prompt and a domain label, ``limit_per_file`` spread over each file."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        got: list[dict[str, Any]] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("prompt"), str) and r.get("domain") in DOMAINS:
+                r["_file"] = path.name
+                got.append(r)
+        if limit_per_file and len(got) > limit_per_file:
+            step = len(got) / limit_per_file
+            got = [got[int(i * step)] for i in range(limit_per_file)]
+        rows.extend(got)
+    return rows
+
+
+def f1_report(truth: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the labels in ``truth`` (and over truth ∪ predictions), per-class F1."""
+    labels = sorted(set(truth))
+    per: dict[str, float] = {}
+    for lab in sorted(set(truth) | set(pred)):
+        tp = sum(1 for t, p in zip(truth, pred, strict=True) if t == p == lab)
+        fp = sum(1 for t, p in zip(truth, pred, strict=True) if p == lab and t != lab)
+        fn = sum(1 for t, p in zip(truth, pred, strict=True) if t == lab and p != lab)
+        per[lab] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    acc = sum(t == p for t, p in zip(truth, pred, strict=True)) / max(len(truth), 1)
+    return {"n": len(truth), "accuracy": round(acc, 4),
+            "macro_f1": round(sum(per[lab] for lab in labels) / max(len(labels), 1), 4),
+            "macro_f1_all_predicted": round(sum(per.values()) / max(len(per), 1), 4),
+            "per_class_f1": {k: round(v, 3) for k, v in per.items()},
+            "confusions": dict(Counter(f"{t}->{p}" for t, p in zip(truth, pred, strict=True)
+                                       if t != p).most_common(12))}
+
+
+def reliability(conf: Sequence[float], correct: Sequence[bool]) -> dict[str, Any]:
+    """Mean confidence vs accuracy per confidence bin, and the expected calibration error."""
+    edges = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0001]
+    bins = []
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        sel = [i for i, c in enumerate(conf) if lo <= c < hi]
+        if not sel:
+            continue
+        mc = sum(conf[i] for i in sel) / len(sel)
+        acc = sum(correct[i] for i in sel) / len(sel)
+        ece += len(sel) / len(conf) * abs(mc - acc)
+        bins.append({"bin": f"{lo:.2f}-{min(hi, 1):.2f}", "n": len(sel), "mean_conf": round(mc, 3),
+                     "accuracy": round(acc, 3)})
+    return {"ece": round(ece, 4), "bins": bins}
+
+
+def evaluate(analyses: Sequence[Analysis], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Label metrics of analyses against the rows' labels."""
+    out: dict[str, Any] = {"domain": f1_report([r["domain"] for r in rows], [a.domain for a in analyses])}
+    for axis in ("complexity", "style"):
+        pairs = [(r[axis], getattr(a, axis)) for r, a in zip(rows, analyses, strict=True) if r.get(axis)]
+        if pairs:
+            out[axis + "_accuracy"] = round(sum(t == p for t, p in pairs) / len(pairs), 4)
+            out[axis + "_n"] = len(pairs)
+    out["domain_reliability"] = reliability([a.confidence for a in analyses],
+                                            [a.domain == r["domain"] for a, r in zip(analyses, rows, strict=True)])
+    by_file: dict[str, list[bool]] = {}
+    for a, r in zip(analyses, rows, strict=True):
+        by_file.setdefault(r["_file"], []).append(a.domain == r["domain"])
+    out["domain_accuracy_by_file"] = {f: round(sum(v) / len(v), 3) for f, v in sorted(by_file.items())}
+    return out
+
+
+def mixed_batch(shared: Sequence[dict[str, Any]], demo: Sequence[dict[str, Any]], n: int) -> list[str]:
+    """``n`` distinct prompts, a third of them 200+ words, the rest shorter, from both sets."""
+    pool = list(dict.fromkeys([r["prompt"] for r in demo] + [r["prompt"] for r in shared]))
+    long_ = [p for p in pool if len(p.split()) >= 200]
+    short = [p for p in pool if len(p.split()) < 200]
+    n_long = min(n // 3, len(long_))
+    n_short = min(n - n_long, len(short))
+
+    def spread(xs: list[str], m: int) -> list[str]:
+        step = len(xs) / max(m, 1)
+        return [xs[int(i * step)] for i in range(m)]
+
+    batch = spread(long_, n_long) + spread(short, n_short)
+    # Interleave so the batch looks like a real job, not sorted by kind.
+    return [batch[i] for i in sorted(range(len(batch)), key=lambda i: (i * 7919) % len(batch))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exemplars", type=Path, nargs="*", default=[BUNDLED_EXEMPLARS])
+    ap.add_argument("--shared", type=Path, default=SHARED_PROMPTS)
+    ap.add_argument("--quick", action="store_true", help="at most 150 prompts per shared file")
+    ap.add_argument("--limit-per-file", type=int, default=None)
+    ap.add_argument("--mixed", type=int, default=300, help="size of the throughput batch")
+    ap.add_argument("--embed-cache", type=Path, default=None,
+                    help="on-disk embedding cache for the accuracy runs (never for throughput)")
+    ap.add_argument("--no-full-length", action="store_true", help="skip the full-length comparison")
+    ap.add_argument("--head-words", type=int, default=None)
+    ap.add_argument("--tail-words", type=int, default=None)
+    ap.add_argument("--max-seq-length", type=int, default=None)
+    ap.add_argument("--fp32", action="store_true", help="do not quantise the model")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs of each side (best counts)")
+    ap.add_argument("--throughput-only", action="store_true", help="skip the accuracy runs")
+    ap.add_argument("--k", type=int, default=15)
+    ap.add_argument("--temperature", type=float, default=0.05)
+    args = ap.parse_args()
+
+    from batchroute.analyzer.embedder import PrepConfig
+
+    base = PrepConfig()
+    prep = PrepConfig(head_words=base.head_words if args.head_words is None else args.head_words,
+                      tail_words=base.tail_words if args.tail_words is None else args.tail_words,
+                      max_seq_length=args.max_seq_length or base.max_seq_length)
+    limit = args.limit_per_file or (150 if args.quick else None)
+    shared_files = sorted(p for p in args.shared.glob("*.jsonl") if "_train" not in p.name)
+    shared = read_jsonl(shared_files, limit)
+    demo = read_jsonl(sorted(DEMO_DIR.glob("*.jsonl")))
+    report: dict[str, Any] = {"prompts": {"demo": len(demo), "shared": len(shared)},
+                              "config": {"prep": prep.key(), "quantize": not args.fp32,
+                                         "k": args.k, "temperature": args.temperature}}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(tmp) / "index"
+        fast = Embedder(prep=prep, quantize=not args.fp32, batch_size=args.batch_size,
+                        cache_dir=args.embed_cache)
+        t0 = time.perf_counter()
+        analyzer = Analyzer(ExemplarIndex.load_or_build(args.exemplars, fast, cache_dir), fast,
+                            k=args.k, temperature=args.temperature)
+        report["index_build_s"] = round(time.perf_counter() - t0, 2)
+        report["exemplars"] = len(analyzer.index)
+        report["exemplar_problems"] = analyzer.index.problems[:20]
+        report["fit"] = analyzer.fit_report
+        t0 = time.perf_counter()
+        ExemplarIndex.load_or_build(args.exemplars, fast, cache_dir)
+        report["index_load_s"] = round(time.perf_counter() - t0, 3)
+
+        # Throughput first, on a cold embedding cache (a new Embedder has an empty LRU).
+        batch = mixed_batch(read_jsonl(shared_files), demo, args.mixed)
+        long_share = sum(len(p.split()) >= 200 for p in batch) / max(len(batch), 1)
+        cold = Embedder(prep=prep, quantize=not args.fp32, batch_size=args.batch_size)
+        # Both models see a few unrelated texts first: the first forward passes are slow.
+        warmup = ["a warm-up sentence", "another short text to warm the kernels up " * 20]
+        cold.encode(warmup)
+        cold.clear_cache()
+        encode_plain(warmup)
+        timed = Analyzer(analyzer.index, cold, k=args.k, temperature=args.temperature)
+        # Alternate the two and keep each one's best run: other processes on a 2-core machine
+        # otherwise decide the ratio.
+        analyze_runs: list[float] = []
+        plain_runs: list[float] = []
+        for _ in range(args.repeat):
+            cold.clear_cache()
+            t0 = time.perf_counter()
+            timed.analyze(batch)
+            analyze_runs.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            encode_plain(batch)
+            plain_runs.append(time.perf_counter() - t0)
+        analyze_s, plain_s = min(analyze_runs), min(plain_runs)
+        t0 = time.perf_counter()
+        timed.analyze(batch)
+        warm_s = time.perf_counter() - t0
+        report["throughput"] = {"batch": len(batch), "share_200_words": round(long_share, 3),
+                                "analyze_s_runs": [round(x, 2) for x in analyze_runs],
+                                "plain_encode_s_runs": [round(x, 2) for x in plain_runs],
+                                "analyze_warm_cache_per_s": round(len(batch) / warm_s, 1)}
+        report["analyze_per_s"] = round(len(batch) / analyze_s, 1)
+        report["plain_encode_per_s"] = round(len(batch) / plain_s, 1)
+        report["speedup"] = round(plain_s / analyze_s, 2)
+
+        if args.throughput_only:
+            print(json.dumps(report, indent=2))
+            return
+        results: dict[str, Any] = {}
+        for name, rows in (("demo", demo), ("shared", shared)):
+            if rows:
+                results[name] = evaluate(analyzer.analyze([r["prompt"] for r in rows]), rows)
+        report["fast"] = results
+
+        if not args.no_full_length:
+            full = Embedder(prep=FULL_LENGTH, quantize=False, batch_size=args.batch_size,
+                            cache_dir=args.embed_cache)
+            full_an = Analyzer(ExemplarIndex.load_or_build(args.exemplars, full, cache_dir), full,
+                               k=args.k, temperature=args.temperature)
+            full_results: dict[str, Any] = {}
+            for name, rows in (("demo", demo), ("shared", shared)):
+                if rows:
+                    full_results[name] = evaluate(full_an.analyze([r["prompt"] for r in rows]), rows)
+            report["full_length"] = full_results
+
+    shared_res = results.get("shared", {})
+    report["domain_macro_f1"] = shared_res.get("domain", {}).get("macro_f1")
+    report["domain_macro_f1_demo"] = results.get("demo", {}).get("domain", {}).get("macro_f1")
+    if "full_length" in report:
+        report["domain_macro_f1_full_length"] = (
+            report["full_length"].get("shared", {}).get("domain", {}).get("macro_f1"))
+        report["domain_macro_f1_full_length_demo"] = (
+            report["full_length"].get("demo", {}).get("domain", {}).get("macro_f1"))
+    report["complexity_accuracy"] = shared_res.get("complexity_accuracy")
+    report["complexity_accuracy_demo"] = results.get("demo", {}).get("complexity_accuracy")
+    report["style_accuracy_demo"] = results.get("demo", {}).get("style_accuracy")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

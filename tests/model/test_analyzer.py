@@ -1,0 +1,157 @@
+"""The analyzer with the real embedding model: labels on clear-cut prompts, batching, caching."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchroute.analyzer import (
+    BUNDLED_EXEMPLARS,
+    Analysis,
+    Analyzer,
+    ExemplarIndex,
+    prepare_text,
+)
+from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
+
+pytestmark = pytest.mark.model
+
+REVIEW = ("I bought this blender last month and it has been a disappointment. The motor is loud, the lid "
+          "leaks every time I make a smoothie, and customer support never answered my emails.\n\n"
+          "Is this review positive or negative?")
+TRANSCRIPT = ("Summarize this meeting transcript in 3 bullet points:\n\nAnna: Let's start with the launch "
+              "date. Engineering says the payment integration slipped a week.\nBen: Marketing can move "
+              "the campaign, but the press release is already scheduled for the 14th.\nAnna: Then we "
+              "ship the landing page on the 14th and the checkout on the 21st.\nCarl: I'll update the "
+              "roadmap and tell support to expect questions about the delay.")
+INVOICE = ("From this invoice, return vendor, date and total as JSON:\n\nINVOICE #4471\nAcme Office "
+           "Supplies Ltd., 12 Harbour Road, Leeds\nDate: 3 March 2024\n2 x Printer paper A4 ... 19.98\n"
+           "1 x Stapler ... 7.50\nTotal due: 27.48 GBP")
+
+CLEAR_CUT = [
+    ("Write a Python function that reverses a linked list", "code"),
+    ("Solve for x: 3x + 7 = 22", "math"),
+    ("Write a limerick about a cat who hates Mondays", "creative_writing"),
+    ("What causes the seasons on Earth?", "factual_qa"),
+    ("Give me ten names for a bakery", "brainstorming"),
+    (TRANSCRIPT, "summarization"),
+    (INVOICE, "extraction"),
+    (REVIEW, "classification"),
+    ("Five people sit in a row. Ann is not next to Bob, Carl sits in the middle, Dana is at the left "
+     "end and Bob is right of Carl. Where does Ann sit?", "reasoning"),
+]
+
+
+def _check_valid(a: Analysis) -> None:
+    assert a.domain in DOMAINS and a.complexity in COMPLEXITIES and a.style in STYLES
+    for p in (a.confidence, a.complexity_confidence, a.style_confidence):
+        assert 0.0 <= p <= 1.0
+    assert set(a.domain_probs) == set(DOMAINS)
+    assert sum(a.domain_probs.values()) == pytest.approx(1.0, abs=1e-6)
+    assert a.domain == max(a.domain_probs, key=a.domain_probs.__getitem__)
+    assert a.confidence == pytest.approx(a.domain_probs[a.domain])
+    assert 1 <= len(a.neighbours) <= 5
+    sims = [n.similarity for n in a.neighbours]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_clear_cut_domains(analyzer: Analyzer) -> None:
+    results = analyzer.analyze([p for p, _ in CLEAR_CUT])
+    got = {want: a.domain for (_, want), a in zip(CLEAR_CUT, results, strict=True)}
+    assert got == {want: want for _, want in CLEAR_CUT}
+
+
+def test_clear_cut_complexity_and_style(analyzer: Analyzer) -> None:
+    short, essay = analyzer.analyze([
+        "What is 7 + 5? Reply with just the number.",
+        "Write a detailed 2,000-word essay on the causes of the First World War, with sections on "
+        "alliances, militarism, imperialism and nationalism, and a reasoned conclusion.",
+    ])
+    assert (short.domain, short.complexity, short.style) == ("math", "simple", "concise")
+    assert (essay.complexity, essay.style) == ("complex", "verbose")
+
+
+def test_labels_always_valid_and_batch_length(analyzer: Analyzer) -> None:
+    prompts = ["", " ", "?", "a" * 20_000, "x" * 3, "数学の問題を解いてください", *[p for p, _ in CLEAR_CUT]]
+    results = analyzer.analyze(prompts)
+    assert len(results) == len(prompts)
+    for a in results:
+        _check_valid(a)
+    assert analyzer.analyze([]) == []
+
+
+def test_duplicates_get_identical_results(analyzer: Analyzer) -> None:
+    a, b = analyzer.analyze([REVIEW, REVIEW])
+    assert a == b
+
+
+def test_embedding_cache_returns_identical_vectors(analyzer: Analyzer) -> None:
+    emb = analyzer.embedder
+    text = "An uncached prompt about the migration habits of arctic terns " + str(time.time())
+    first = emb.encode([text])
+    hits = emb.stats["hits"]
+    again = emb.encode(["something else entirely", text])
+    assert emb.stats["hits"] == hits + 1
+    assert np.array_equal(first[0], again[1])
+    assert first.dtype == np.float32 and first.shape == (1, 384)
+    assert np.linalg.norm(first[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_long_prompts_are_prepared(analyzer: Analyzer) -> None:
+    prep = analyzer.embedder.prep
+    long_prompt = " ".join(f"w{i}" for i in range(1000))
+    prepared = prepare_text(long_prompt, prep)
+    words = prepared.split()
+    assert words[: prep.head_words] == [f"w{i}" for i in range(prep.head_words)]
+    assert words[-prep.tail_words:] == [f"w{i}" for i in range(1000 - prep.tail_words, 1000)]
+    assert prepare_text("short  prompt\n here", prep) == "short prompt here"
+
+
+def _small_exemplar_file(tmp_path: Path) -> Path:
+    lines = []
+    for f in sorted(BUNDLED_EXEMPLARS.glob("*.jsonl")):
+        lines += f.read_text().splitlines()[:4]
+    lines.append("{not json")
+    lines.append(json.dumps({"id": "bad-label", "prompt": "hello", "domain": "poetry"}))
+    lines.append(json.dumps({"id": "o1", "prompt": "What is 12 * 12?", "domain": "math",
+                             "outcomes": {"big": {"score": 1.0, "cost_usd": 0.01}, "small": {"score": 0.0}}}))
+    lines.append(json.dumps({"id": "o2", "prompt": "Compute 15 * 15.", "domain": None,
+                             "outcomes": {"big": {"score": 1.0}, "small": {"score": 0.0}}}))
+    path = tmp_path / "small.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cached_index_reload_equals_built(analyzer: Analyzer, tmp_path: Path) -> None:
+    path = _small_exemplar_file(tmp_path)
+    built = ExemplarIndex.load_or_build([path], analyzer.embedder, tmp_path / "cache")
+    assert len(built.problems) == 2
+    assert {m.id for m in built.meta} >= {"o1", "o2"} and "bad-label" not in {m.id for m in built.meta}
+    t0 = time.perf_counter()
+    loaded = ExemplarIndex.load_or_build([path], analyzer.embedder, tmp_path / "cache")
+    assert time.perf_counter() - t0 < 1.0
+    assert loaded.key == built.key
+    assert np.array_equal(loaded.vectors(), built.vectors())
+    assert np.array_equal(loaded.features, built.features)
+    assert [m.to_json() for m in loaded.meta] == [m.to_json() for m in built.meta]
+    q = analyzer.embedder.encode(["What is 13 * 13?"])
+    assert all(np.array_equal(x, y) for x, y in zip(loaded.search(q, 5), built.search(q, 5), strict=True))
+    # Another input gives another key: a stale index is never reused.
+    path.write_text(path.read_text() + json.dumps({"id": "new", "prompt": "Hi", "domain": "factual_qa"}) + "\n")
+    assert ExemplarIndex.load_or_build([path], analyzer.embedder, tmp_path / "cache").key != built.key
+
+
+def test_predicted_quality_from_outcome_neighbours(analyzer: Analyzer, tmp_path: Path) -> None:
+    index = ExemplarIndex.build([_small_exemplar_file(tmp_path)], analyzer.embedder)
+    small = Analyzer(index, analyzer.embedder)
+    [a] = small.analyze(["What is 14 * 14?"])
+    assert set(a.outcome_stats) == {"big", "small"}
+    score_sum, weight_sum, n = a.outcome_stats["big"]
+    assert n == 2 and weight_sum > 0 and score_sum == pytest.approx(weight_sum)
+    assert a.predicted_quality("big", prior=0.5) > 0.5 > a.predicted_quality("small", prior=0.5)
+    assert a.predicted_quality("big", prior=0.5, strength=1e9) == pytest.approx(0.5)
+    assert a.predicted_quality("unknown-model", prior=0.42) == 0.42

@@ -1,0 +1,113 @@
+"""Cheap prompt features: pure functions, exact values on clear-cut prompts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from batchroute.analyzer.features import FEATURE_NAMES, extract_features, feature_matrix
+
+REVIEW = ("Review: I bought this blender last month and it has been a disappointment. The motor is loud, "
+          "the lid leaks every time I make a smoothie, and customer support never answered my emails. "
+          "I would not buy it again and I would not recommend it to a friend.\n\n"
+          "Is this review positive or negative? Answer with one word.")
+EMAIL = ("Summarize this email in two sentences:\n\n" + "Hi team, the quarterly planning meeting moved "
+         "from Tuesday to Thursday because the finance numbers are late. Please update your slides "
+         "with the new revenue forecast, send them to Maria by Wednesday noon, and book the large "
+         "room for the afternoon session. Thanks, Dan. " * 2)
+
+
+def test_every_feature_present_and_in_unit_range() -> None:
+    for prompt in ["", "hi", REVIEW, EMAIL, "x = " * 5000, "```python\nprint(1)\n```"]:
+        f = extract_features(prompt)
+        assert tuple(f) == FEATURE_NAMES
+        assert all(0.0 <= v <= 1.0 for v in f.values()), f
+
+
+def test_empty_prompt_is_all_zero() -> None:
+    assert all(v == 0.0 for v in extract_features("").values())
+
+
+def test_length_features_grow_with_length() -> None:
+    short, long_ = extract_features("one two three"), extract_features("word " * 300)
+    assert short["log_words"] < long_["log_words"]
+    assert short["long_prompt"] == 0.0 and long_["long_prompt"] == 1.0
+
+
+def test_code_signals() -> None:
+    f = extract_features("Fix this:\n```python\ndef f(x):\n    return x[0]\n```")
+    assert f["has_code_fence"] == 1.0
+    assert f["code_density"] > 0.3
+    assert extract_features("Write a Python function that reverses a linked list")["code_cue"] > 0
+    assert extract_features("Write a limerick about a cat")["has_code_fence"] == 0.0
+
+
+def test_math_signals() -> None:
+    f = extract_features("Solve for x: 3x + 10 = 5(x - 2)")
+    assert f["equation_density"] > 0 and f["digit_density"] > 0 and f["math_cue"] > 0
+    assert extract_features("Write a poem about autumn")["equation_density"] == 0.0
+
+
+def test_text_block_after_instruction() -> None:
+    assert extract_features(EMAIL)["has_text_block"] == 1.0
+    assert extract_features(EMAIL)["summarize_cue"] > 0
+    assert extract_features(REVIEW)["has_text_block"] == 1.0
+    assert extract_features("What causes the seasons on Earth?")["has_text_block"] == 0.0
+
+
+def test_instruction_after_document_is_seen() -> None:
+    f = extract_features(REVIEW)
+    assert f["classify_cue"] > 0
+    assert f["brevity_ask"] == 1.0
+    assert f["question"] == 1.0
+
+
+@pytest.mark.parametrize("prompt", ["Give me 10 names for a bakery", "List some ideas for a team offsite",
+                                    "Suggest five gifts for my dad"])
+def test_list_asks(prompt: str) -> None:
+    assert extract_features(prompt)["list_ask"] == 1.0
+
+
+@pytest.mark.parametrize("prompt", ["Briefly, what is DNS?", "Answer yes or no: is Paris in France?",
+                                    "Explain recursion in one sentence", "Label the sentiment: great!"])
+def test_brevity_asks(prompt: str) -> None:
+    assert extract_features(prompt)["brevity_ask"] == 1.0
+
+
+@pytest.mark.parametrize("prompt", ["Write a detailed essay on the French revolution",
+                                    "Explain in depth how TLS works", "Solve it step by step"])
+def test_length_asks(prompt: str) -> None:
+    assert extract_features(prompt)["length_ask"] == 1.0
+
+
+def test_question_words() -> None:
+    f = extract_features("What causes the seasons on Earth?")
+    assert f["question"] == 1.0 and f["question_word_start"] == 1.0
+    assert extract_features("Write a haiku")["question_word_start"] == 0.0
+
+
+def test_deterministic_and_pure() -> None:
+    assert extract_features(REVIEW) == extract_features(REVIEW)
+
+
+def test_feature_matrix_matches_dicts() -> None:
+    prompts = ["hi", REVIEW, EMAIL]
+    m = feature_matrix(prompts)
+    assert m.shape == (3, len(FEATURE_NAMES)) and m.dtype == np.float32
+    for row, prompt in zip(m, prompts, strict=True):
+        assert list(row) == pytest.approx([extract_features(prompt)[n] for n in FEATURE_NAMES])
+
+
+def test_huge_prompt_is_bounded_and_counts_words() -> None:
+    f = extract_features("lorem " * 50_000)
+    assert f["long_prompt"] == 1.0 and f["log_words"] == 1.0
+
+
+def test_importing_the_analyzer_does_not_load_torch() -> None:
+    code = ("import sys, batchroute.analyzer; "
+            "print('torch' in sys.modules, 'sentence_transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
