@@ -13,14 +13,17 @@ Ask before each call, report the outcome after it::
         raise
     breaker.record_success("model:sim-gpt-4")
 
-States: ``closed`` lets every call through. It opens after ``failure_threshold`` consecutive
-failures, or when at least ``min_calls`` outcomes in the last ``window_s`` seconds have an error
-rate >= ``error_rate_threshold``. ``open`` refuses calls for ``open_s`` seconds, then becomes
+States: ``closed`` lets every call through. It opens when at least ``min_calls`` outcomes in the
+last ``window_s`` seconds have an error rate >= ``error_rate_threshold``; while the window holds
+fewer outcomes than that (low traffic, or a key just starting), after ``failure_threshold``
+consecutive failures instead. ``open`` refuses calls for ``open_s`` seconds, then becomes
 ``half_open``, which lets ``half_open_max_calls`` probe calls through: a probe success closes
 the breaker (with a clean history), a probe failure opens it again for another ``open_s``.
 
-Only record failures that say something about the provider's health (timeouts, 5xx, 429);
-a 400 caused by our own request should be recorded as neither. The breaker knows nothing of the
+Only record failures that say something about the provider's health (timeouts, 5xx, connection
+errors, malformed answers); a 400 caused by our own request should be recorded as neither, and so
+should a 429, which the shared rate limiter answers by slowing down (a storm of them would
+otherwise open every breaker and strand a batch on a transient condition). The breaker knows nothing of the
 network and never sleeps. It is thread-safe: one instance may be shared by worker threads.
 """
 
@@ -121,9 +124,14 @@ class CircuitBreaker:
                 k.consecutive_failures += 1
                 self._add_outcome(k, now, failed=True)
                 calls = len(k.outcomes)
-                if (k.consecutive_failures >= self.failure_threshold
-                        or (calls >= self.min_calls
-                            and k.failures_in_window / calls >= self.error_rate_threshold)):
+                if calls >= self.min_calls:
+                    # Enough traffic for the error rate to speak. A run of consecutive failures
+                    # is no signal here: across hundreds of interleaved calls a 30 % error rate
+                    # produces runs of 5 every few hundred calls.
+                    trip = k.failures_in_window / calls >= self.error_rate_threshold
+                else:
+                    trip = k.consecutive_failures >= self.failure_threshold
+                if trip:
                     self._open(k, now)
 
     def state(self, key: str) -> BreakerState:

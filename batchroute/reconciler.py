@@ -3,7 +3,8 @@
 One pass (Celery beat every ``reconcile_after_s / 4``, or ``batchroute reconcile``):
 - requests ``queued`` longer than ``reconcile_after_s`` go back to the ``analyze`` queue;
 - requests ``dispatched``/``running`` longer than that go back to their provider's queue (a killed
-  worker, a flushed or restarted Redis);
+  worker, a flushed or restarted Redis); a live worker refreshes its running requests' clock, so
+  only abandoned ones look stuck;
 - requests of a job past its deadline expire;
 - jobs whose requests are all terminal are closed.
 Re-sending is safe: both stages skip requests that are no longer in the state they expect.
@@ -17,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, true, update
+from sqlalchemy import case, select, true, update
 
 from batchroute.db import get_engine
 from batchroute.dispatch import Dispatcher, get_dispatcher
@@ -59,15 +60,16 @@ def reconcile(older_than_s: float | None = None, dispatcher: Dispatcher | None =
                 .values(state=RequestState.EXPIRED, error="past the job's deadline", updated_at=utcnow()))
             report.expired = int(res.rowcount or 0)
         paused = [j.id for j in open_jobs if j.state == JobState.PAUSED]
-        stuck = conn.execute(select(REQUESTS.c.id, REQUESTS.c.state, REQUESTS.c.provider).where(
+        # One UPDATE picks and takes the stuck requests, so a request a worker claims or finishes
+        # meanwhile is never re-sent. ``running`` ones go back to ``dispatched``: their executor is
+        # gone (a live one refreshes updated_at), and the re-sent chunk may only claim dispatched
+        # or stale requests. The fresh clock keeps the next pass from sending them again at once.
+        stuck = conn.execute(update(REQUESTS).where(
             REQUESTS.c.state.in_((RequestState.QUEUED, RequestState.DISPATCHED, RequestState.RUNNING)),
-            REQUESTS.c.updated_at < cutoff, REQUESTS.c.job_id.not_in(paused) if paused else true())).all()
-        if stuck:
-            # Refresh their clock so the next pass does not send them again right away.
-            ids = [r.id for r in stuck]
-            for i in range(0, len(ids), 1000):
-                conn.execute(update(REQUESTS).where(REQUESTS.c.id.in_(ids[i:i + 1000]))
-                             .values(updated_at=utcnow()))
+            REQUESTS.c.updated_at < cutoff, REQUESTS.c.job_id.not_in(paused) if paused else true())
+            .values(updated_at=utcnow(), state=case((REQUESTS.c.state == RequestState.RUNNING, RequestState.DISPATCHED),
+                                                    else_=REQUESTS.c.state))
+            .returning(REQUESTS.c.id, REQUESTS.c.state, REQUESTS.c.provider)).all()
     analyze = [r.id for r in stuck if r.state == RequestState.QUEUED]
     by_provider: dict[str, list[str]] = defaultdict(list)
     for r in stuck:

@@ -71,10 +71,7 @@ class Runtime:
     async def limiter(self) -> RateLimiter:
         """Shared Redis limits when Redis is configured, else in-process limits."""
         if self._limiter is None:
-            from batchroute.ratelimit import InMemoryRateLimiter, RedisRateLimiter
-
-            url = self.settings.effective_redis_url
-            self._limiter = RedisRateLimiter(url) if url else InMemoryRateLimiter()
+            self._limiter = new_limiter(self.settings.effective_redis_url)
         return self._limiter
 
     async def sim_url(self) -> str:
@@ -103,6 +100,26 @@ class Runtime:
         finally:
             self.writer.close()
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+# The provider stage paces calls strictly (a bucket of 0.1 s of the rate) instead of allowing a
+# second's burst: a provider whose minute budget is already used up (another client, our own last
+# run) refills only at the rate, answers any burst above it with 429s, and each 429 halves our
+# rate (AIMD) for tens of seconds. Pacing loses nothing in steady state.
+LIMITER_BURST_S = 0.1
+# After a 429 halves the rate, win it back in ~10 s rather than the library default's ~25 s: one
+# 429 at the edge of a provider's budget should not cost a batch a quarter of a minute's throughput.
+LIMITER_INCREASE_PER_S = 0.05
+
+
+def new_limiter(redis_url: str | None, prefix: str = "batchroute:rl") -> RateLimiter:
+    """The rate limiter the provider stage uses: shared through Redis at ``redis_url``, else in-process."""
+    from batchroute.ratelimit import AIMD, InMemoryRateLimiter, RedisRateLimiter
+
+    aimd = AIMD(increase_per_s=LIMITER_INCREASE_PER_S)
+    if redis_url:
+        return RedisRateLimiter(redis_url, prefix=prefix, burst_s=LIMITER_BURST_S, aimd=aimd)
+    return InMemoryRateLimiter(burst_s=LIMITER_BURST_S, aimd=aimd)
 
 
 _runtime: Runtime | None = None

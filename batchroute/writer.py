@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -84,7 +84,7 @@ class GroupCommitWriter:
                 self._commit_one(op, fut)
             return
         for (_, fut), res in zip(batch, results, strict=True):
-            fut.set_result(res)
+            _resolve(fut, res)
 
     def _commit_one(self, op: Op, fut: Future[Any]) -> None:
         try:
@@ -92,8 +92,22 @@ class GroupCommitWriter:
                 res = op(conn)
         except SQLAlchemyError as exc:
             log.warning("ledger write failed: %s", exc)
-            fut.set_exception(StorageError(f"database write failed: {exc}"))
+            _resolve(fut, error=StorageError(f"database write failed: {exc}"))
         except Exception as exc:
-            fut.set_exception(exc)
+            _resolve(fut, error=exc)
         else:
-            fut.set_result(res)
+            _resolve(fut, res)
+
+
+def _resolve(fut: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Settle ``fut`` unless its caller gave up on it (a cancelled task): the op is committed either
+    way, and setting a cancelled future would raise and kill the writer thread."""
+    if fut.cancelled():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass

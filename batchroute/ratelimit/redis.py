@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -211,22 +211,26 @@ def _num(value: Any) -> float:
 class RedisRateLimiter(RateLimiter):
     """Rate limits shared through Redis by every process using the same ``redis_url``/``prefix``.
 
-    Create one per process and ``await limiter.aclose()`` at shutdown; it opens one small
-    connection pool per event loop that uses it. ``idle_ttl_s`` is how long a key's state
-    outlives its last relevance; ``socket_timeout_s`` bounds every Redis call. Raises ConfigError
-    for an unusable URL or prefix; every other method raises BrokerError when Redis fails.
+    Create one per process and ``await limiter.aclose()`` at shutdown; it opens one connection
+    pool per event loop that uses it, of at most ``max_connections`` (callers beyond wait for one).
+    ``idle_ttl_s`` is how long a key's state outlives its last relevance; ``socket_timeout_s``
+    bounds every Redis call. Raises ConfigError for an unusable URL or prefix; every other method
+    raises BrokerError when Redis fails.
     """
 
     def __init__(self, redis_url: str, prefix: str = "batchroute:rl", *, burst_s: float = 1.0,
                  aimd: AIMD | None = None, idle_ttl_s: float = 300.0, socket_timeout_s: float = 5.0,
                  wait_jitter_s: float = 0.005, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, max_connections: int = 64) -> None:
         super().__init__(burst_s=burst_s, aimd=aimd, clock=clock, sleep=sleep,
                          wait_jitter_s=wait_jitter_s, rng=rng)
         if not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError(f"rate limit prefix must be non-empty and free of braces, got {prefix!r}")
         if idle_ttl_s <= 0:
             raise ConfigError(f"idle_ttl_s must be > 0, got {idle_ttl_s}")
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be >= 1, got {max_connections}")
+        self._max_connections = max_connections
         self.prefix = prefix
         self._url = _redact(redis_url)
         self._redis_url = redis_url
@@ -283,8 +287,13 @@ class RedisRateLimiter(RateLimiter):
         with self._conns_lock:
             conn = self._conns.get(loop)
             if conn is None:
-                client = Redis.from_url(self._redis_url, socket_timeout=self._socket_timeout_s,
-                                        socket_connect_timeout=self._socket_timeout_s)
+                # Hundreds of calls settle at once in a busy worker; a blocking pool makes them queue
+                # for a connection (each script takes well under a millisecond) where redis-py's
+                # default pool fails the call with "Too many connections" past 100.
+                pool = BlockingConnectionPool.from_url(
+                    self._redis_url, max_connections=self._max_connections, timeout=self._socket_timeout_s,
+                    socket_timeout=self._socket_timeout_s, socket_connect_timeout=self._socket_timeout_s)
+                client = Redis.from_pool(pool)  # the client owns (and closes) the pool
                 conn = self._conns[loop] = _Conn(
                     client, client.register_script(_ACQUIRE_LUA), client.register_script(_SETTLE_LUA),
                     client.register_script(_FEEDBACK_LUA), client.register_script(_STATUS_LUA))

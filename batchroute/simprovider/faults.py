@@ -102,6 +102,11 @@ class Limiter:
         """Refill every bucket (forget all past calls)."""
         self._buckets.clear()
 
+    def exhaust(self, now: float) -> None:
+        """Empty every bucket, as if another client had just used the whole budget."""
+        for b in self._buckets.values():
+            b.req, b.tok, b.ts = 0.0, 0.0, now
+
 
 class FaultPicker:
     """Draws at most one fault per call from a seeded ``random.Random``."""
@@ -128,7 +133,11 @@ class FaultPicker:
 
 class Stats:
     """Call counters per model name (see ``COUNTERS``) plus ``invalid``: calls refused before a
-    served model was identified (bad JSON, missing fields, auth, unknown model)."""
+    served model was identified (bad JSON, missing fields, auth, unknown model).
+
+    ``ok`` and ``malformed`` count answers written to a client still connected: a call its client
+    abandoned (timed out) while it hung or was being computed counts in ``calls`` (and ``hangs``)
+    only, so every outcome the client saw is counted exactly once."""
 
     def __init__(self) -> None:
         self.models: dict[str, dict[str, int]] = {}

@@ -119,6 +119,11 @@ def _abort(request: web.Request) -> web.Response:
     return web.Response(status=500)
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _hang(state: SimState, seconds: float) -> bool:
     """Wait ``seconds``; True when the server is shutting down instead."""
     if state.closing.is_set():
@@ -193,6 +198,10 @@ async def _complete(request: web.Request, wire: Wire) -> web.Response:
     delay = (sim.base_latency_ms + sim.per_output_token_ms * n) * state.config.time_scale / 1000.0
     if delay > 0:
         await asyncio.sleep(delay)
+    if _client_gone(request):
+        # The client gave up (its timeout) while we hung or computed: nothing is delivered, so
+        # nothing more is counted; a hung call stays counted as a hang only.
+        return web.Response(status=499)
     body = json.dumps(wire.success(model, call, rid, prompt_tokens, n, text, truncated)).encode()
     if fault == "malformed":
         counts["malformed"] += 1
@@ -407,6 +416,26 @@ class SimServerThread:
         server = self.server
         result: dict[str, Any] = self._on_loop(server.stats)
         return result
+
+    def reset(self) -> None:
+        """Zero the counters and refill every rate-limit budget, like ``POST /stats/reset`` (thread-safe)."""
+        state = self.server.state
+        self._on_loop(state.reset)
+
+    def exhaust(self, *models: str) -> None:
+        """Empty the rate-limit budgets of ``models`` (thread-safe): a provider whose limit another
+        client has just used up, rather than one starting with a full minute's budget."""
+        state = self.server.state
+
+        def run() -> None:
+            now = time.monotonic()
+            cfg = state.config
+            for name in models:
+                m = state.models[name]
+                state.limiter.bucket(m.name, cfg.rpm_override or m.rpm, cfg.tpm_override or m.tpm, now)
+            state.limiter.exhaust(now)
+
+        self._on_loop(run)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop serving and join the thread (safe to call twice)."""
