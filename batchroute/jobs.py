@@ -222,7 +222,7 @@ def job_status(job_id: str) -> dict[str, Any]:
         "by_state": by_state, "attempts": int(attempts), "cost_usd": float(cost),
         "prompt_tokens": int(ptok), "completion_tokens": int(ctok), "by_model": by_model,
         "budget_usd": job.budget_usd, "predicted_cost_usd": job.predicted_cost_usd,
-        "predicted_quality": job.predicted_quality,
+        "predicted_quality": job.predicted_quality, "pause_reason": job.pause_reason,
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
+from batchroute.budgets import admit_chunk
 from batchroute.db import get_engine
 from batchroute.dispatch import Dispatcher
 from batchroute.ledger import DECISIONS, REQUESTS, insert_ignore
@@ -77,28 +78,35 @@ def analyze_chunk(request_ids: Sequence[str], dispatcher: Dispatcher) -> dict[st
             Job.id.in_({r.job_id for r in requests}))).scalars()}  # type: ignore[attr-defined]
     analyses = get_analyzer().analyze([r.prompt for r in requests])
 
+    routed = [(req, analysis, decide(route_input(req, analysis, registry), registry,
+                                     policy_for(jobs[req.job_id], req)))
+              for req, analysis in zip(requests, analyses, strict=True)]
     updates: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
     by_provider: dict[str, list[str]] = defaultdict(list)
     now = utcnow()
-    for req, analysis in zip(requests, analyses, strict=True):
-        decision = decide(route_input(req, analysis, registry), registry, policy_for(jobs[req.job_id], req))
-        state = RequestState.DISPATCHED if decision.model else RequestState.FAILED
-        updates.append({"b_id": req.id, "domain": analysis.domain, "complexity": analysis.complexity,
-                        "style": analysis.style, "confidence": float(analysis.confidence),
-                        "model": decision.model, "provider": decision.provider, "state": state,
-                        "error": None if decision.model else decision.reason, "updated_at": now})
-        decisions.append({"request_id": req.id, "job_id": req.job_id, "seq": 0, "model": decision.model,
-                          "provider": decision.provider, "reason": decision.reason,
-                          "detail": decision_detail(analysis, decision), "created_at": now})
-        if decision.provider:
-            by_provider[decision.provider].append(req.id)
-
     with engine.begin() as conn:
-        insert_ignore(conn, DECISIONS, decisions)
-        conn.execute(update(REQUESTS).where(REQUESTS.c.id == bindparam("b_id"),
-                                            REQUESTS.c.state == RequestState.QUEUED)
-                     .values({k: bindparam(k) for k in updates[0] if k != "b_id"}), updates)
+        # Budgets are checked here, before any call is sent: a request that does not fit stays
+        # queued (its job pauses with the reason) and is routed afresh when the job resumes.
+        held = admit_chunk(conn, jobs, [(req, d.model, a.style) for req, a, d in routed])
+        for req, analysis, decision in routed:
+            if req.id in held:
+                continue
+            state = RequestState.DISPATCHED if decision.model else RequestState.FAILED
+            updates.append({"b_id": req.id, "domain": analysis.domain, "complexity": analysis.complexity,
+                            "style": analysis.style, "confidence": float(analysis.confidence),
+                            "model": decision.model, "provider": decision.provider, "state": state,
+                            "error": None if decision.model else decision.reason, "updated_at": now})
+            decisions.append({"request_id": req.id, "job_id": req.job_id, "seq": 0, "model": decision.model,
+                              "provider": decision.provider, "reason": decision.reason,
+                              "detail": decision_detail(analysis, decision), "created_at": now})
+            if decision.provider:
+                by_provider[decision.provider].append(req.id)
+        if decisions:
+            insert_ignore(conn, DECISIONS, decisions)
+            conn.execute(update(REQUESTS).where(REQUESTS.c.id == bindparam("b_id"),
+                                                REQUESTS.c.state == RequestState.QUEUED)
+                         .values({k: bindparam(k) for k in updates[0] if k != "b_id"}), updates)
         conn.execute(update(Job.__table__).where(  # type: ignore[attr-defined]
             Job.__table__.c.id.in_(list(jobs)), Job.__table__.c.state == JobState.QUEUED)  # type: ignore[attr-defined]
             .values(state=JobState.RUNNING))

@@ -7,10 +7,10 @@ Attempts are insert-only and carry the price in force at the time of the call.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -71,6 +71,7 @@ class Job(SQLModel, table=True):
     deadline_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    pause_reason: str | None = Field(default=None, sa_column=Column(Text))  # why the job is paused (budget)
 
 
 class JobLineError(SQLModel, table=True):
@@ -136,12 +137,18 @@ class RoutingDecision(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+# What a per-job cost drill-down reads besides job_id and model (the INCLUDE list of ix_attempts_job_model).
+ATTEMPT_DRILLDOWN_COLUMNS = ["status", "usage_estimated", "prompt_tokens", "completion_tokens", "cached_tokens",
+                             "cost_usd", "baseline_cost_usd", "created_at", "provider", "domain", "latency_class"]
+
+
 class Attempt(SQLModel, table=True):
     """One provider call: insert-only, priced at the moment of the call (the ledger)."""
 
     __tablename__ = "attempts"
     __table_args__ = (
-        Index("ix_attempts_job_model", "job_id", "model"),
+        # Covering on Postgres (migration 0002): one job's drill-down is an index-only scan.
+        Index("ix_attempts_job_model", "job_id", "model", postgresql_include=ATTEMPT_DRILLDOWN_COLUMNS),
         Index("ix_attempts_created", "created_at"),
     )
 
@@ -170,6 +177,10 @@ class Attempt(SQLModel, table=True):
     latency_class: str | None = Field(default=None, max_length=16)
     tags: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+    # What the job's baseline model would have cost for this prompt; set on successful attempts only.
+    baseline_cost_usd: float = 0.0
+    # Hash of the canonical tag set ('' = no tags); tag_set_items maps it to its key/value pairs.
+    tag_set: str = Field(default="", max_length=32)
 
 
 class Result(SQLModel, table=True):
@@ -192,4 +203,74 @@ class Result(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-ALL_TABLES = (Job, JobLineError, Request, RoutingDecision, Attempt, Result)
+class TagSetItem(SQLModel, table=True):
+    """One key/value pair of a tag set, so tag queries join on plain columns instead of JSON."""
+
+    __tablename__ = "tag_set_items"
+    __table_args__ = (Index("ix_tag_set_items_key_value", "key", "value"),)
+
+    tag_set: str = Field(primary_key=True, max_length=32)
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class CostRollupDaily(SQLModel, table=True):
+    """Ledger totals per day x tenant x job x model x provider x latency x domain x tag set x shard.
+
+    Updated in the transaction that inserts the attempt, only when the attempt row is new. ``shard``
+    is the writer process's slot, so concurrent writers never contend on one row; queries sum shards.
+    Empty strings stand for a missing latency class or domain (NULLs would defeat the upsert key).
+    """
+
+    __tablename__ = "cost_rollup_daily"
+    __table_args__ = (
+        Index("ix_cost_rollup_job_day", "job_id", "day"),
+        Index("ix_cost_rollup_tag_set_day", "tag_set", "day"),
+    )
+
+    day: date = Field(primary_key=True)
+    tenant: str = Field(primary_key=True, max_length=100)
+    job_id: str = Field(primary_key=True, max_length=40)
+    model: str = Field(primary_key=True, max_length=200)
+    provider: str = Field(primary_key=True, max_length=100)
+    latency_class: str = Field(default="", primary_key=True, max_length=16)
+    domain: str = Field(default="", primary_key=True, max_length=32)
+    tag_set: str = Field(default="", primary_key=True, max_length=32)
+    shard: int = Field(default=0, sa_column=Column(SmallInteger, primary_key=True, nullable=False))
+    attempts: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))  # successful attempts
+    failed_attempts: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    estimated_attempts: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))  # usage_estimated
+    prompt_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    completion_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cached_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cost_usd: float = 0.0
+    baseline_cost_usd: float = 0.0
+
+
+class Budget(SQLModel, table=True):
+    """A spending limit on everything carrying one tag value (``scope='tag'``), lifetime to date."""
+
+    __tablename__ = "budgets"
+
+    scope: str = Field(primary_key=True, max_length=16)
+    key: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    limit_usd: float
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class BudgetReservation(SQLModel, table=True):
+    """The estimated cost of one dispatched request, held until the request settles (one row each)."""
+
+    __tablename__ = "budget_reservations"
+
+    request_id: str = Field(primary_key=True, max_length=60)
+    job_id: str = Field(index=True, max_length=40)
+    tag_set: str = Field(default="", index=True, max_length=32)
+    amount_usd: float
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+ALL_TABLES = (Job, JobLineError, Request, RoutingDecision, Attempt, Result, TagSetItem, CostRollupDaily, Budget,
+              BudgetReservation)

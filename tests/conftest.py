@@ -75,7 +75,7 @@ def pg_url() -> Iterator[str]:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {PG_TEST_DB}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         service_missing("PostgreSQL", exc)
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_TEST_DB
     from batchroute.db import migrate
@@ -107,4 +107,5 @@ def truncate_pg(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, job_line_errors, requests, routing_decisions, attempts, results CASCADE")
+        conn.execute("TRUNCATE jobs, job_line_errors, requests, routing_decisions, attempts, results, "
+                     "tag_set_items, cost_rollup_daily, budgets, budget_reservations CASCADE")
