@@ -1,0 +1,145 @@
+"""``batchroute eval ...``: the router benchmark on the command line (thin: parse, call, print).
+
+Registered by ``cli.py`` with :func:`register`::
+
+    batchroute eval labels FILE [FILE...] [--json]
+    batchroute eval routing --train F [--train F...] --test F [--test F...] [--max-train N] [--max-test N] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from batchroute.console import handles_errors, out
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, list):
+        return "[" + ", ".join(_fmt(v, digits) for v in x) + "]"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1e-2 and x != 0 else f"{x:.{digits}f}"
+    return str(x)
+
+
+def print_labels(report: dict[str, Any]) -> None:
+    """Rich tables of an :func:`~batchroute.evaluation.eval_labels` report."""
+    out.print(f"[bold]{', '.join(report['files'])}[/]: {report['rows']} rows, "
+              f"{report.get('prompts_per_s') or '-'} prompts/s"
+              + (f", {report['in_exemplars']} also in the exemplars" if report.get("in_exemplars") else ""),
+              highlight=False)
+    for axis, rep in report["axes"].items():
+        t = Table(title=f"{axis}: n={rep['n']}  accuracy {_fmt(rep['accuracy'])}  macro-F1 {_fmt(rep['macro_f1'])}")
+        for col in ("label", "precision", "recall", "F1", "support", "predicted"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for lab, pc in rep["per_class"].items():
+            t.add_row(lab, _fmt(pc["precision"], 3), _fmt(pc["recall"], 3), _fmt(pc["f1"], 3),
+                      str(pc["support"]), str(pc["predicted"]))
+        out.print(t)
+        labels, matrix = rep["confusion"]["labels"], rep["confusion"]["matrix"]
+        if len(labels) > 1:
+            cm = Table(title=f"{axis} confusion (rows: true, columns: predicted)")
+            cm.add_column("")
+            for lab in labels:
+                cm.add_column(lab[:8], justify="right")
+            for lab, row in zip(labels, matrix, strict=True):
+                cm.add_row(lab, *(str(v) if v else "." for v in row))
+            out.print(cm)
+    for name, axes in (report.get("by_file") or {}).items():
+        out.print(f"  {name}: " + "  ".join(f"{a} acc {_fmt(r['accuracy'])} F1 {_fmt(r['macro_f1'])} (n={r['n']})"
+                                            for a, r in axes.items()), highlight=False)
+
+
+def print_routing(report: dict[str, Any]) -> None:
+    """Rich tables of an :func:`~batchroute.evaluation.eval_routing` report."""
+    p = report["params"]
+    out.print(f"[bold]train[/] {', '.join(report['train_files'])}: {report['train_rows']} rows "
+              f"({report['train_rows_dropped_overlap']} dropped: shared id/prompt with a test row); "
+              f"cost: {report['cost_mode']}; kNN k={p['k']} strength={p['strength']} "
+              f"temperature={p['temperature']}; {report['timing_s']['total']}s", highlight=False)
+    if report.get("price_note"):
+        out.print(f"[yellow]{report['price_note']}[/]")
+    for name, res in report["tests"].items():
+        if not res.get("n_test"):
+            out.print(f"[red]{name}: {res.get('error')}[/]")
+            continue
+        t = Table(title=f"{name} (n={res['n_test']}, cost = {res['cost_unit']})")
+        t.add_column("router / model")
+        t.add_column("cost", justify="right")
+        t.add_column("quality", justify="right")
+        rows = sorted(res["single_models"].items(), key=lambda kv: kv[1]["cost"])
+        for model, v in rows:
+            t.add_row(model, _fmt(v["cost"]), _fmt(v["quality"]))
+        t.add_row("[italic]random[/]", _fmt(res["random"]["cost"]), _fmt(res["random"]["quality"]))
+        t.add_row("[italic]oracle[/]", _fmt(res["oracle"]["cost"]), _fmt(res["oracle"]["quality"]))
+        for pt in res["router_hull"]:
+            t.add_row("[bold]router (hull point)[/]", _fmt(pt["cost"]), _fmt(pt["quality"]))
+        out.print(t)
+        s = Table(show_header=False)
+        s.add_column("metric")
+        s.add_column("value", justify="right")
+        keys = ["aiq_router", "aiq_single_hull", "aiq_gain", "aiq_gain_ci95", "router_beats_single_hull",
+                "best_single_model", "best_single_quality", "router_max_quality", "cost_ratio_at_best_quality",
+                "best_quality_at_half_cost", "apgr", "cpt50", "cpt80"]
+        for k in keys:
+            if k in res:
+                s.add_row(k, _fmt(res[k]))
+        out.print(s)
+        out.print(f"[dim]{res['reference']}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``eval`` sub-app (``eval labels``, ``eval routing``) to ``app``."""
+    eval_app = typer.Typer(help="Benchmark the analyzer's labels and the router on your own data.",
+                           no_args_is_help=True)
+
+    @eval_app.command("labels")
+    @handles_errors
+    def labels(
+        files: Annotated[list[Path], typer.Argument(help="labeled JSONL: {prompt, domain?, complexity?, style?}",
+                                                    exists=True, dir_okay=False, readable=True)],
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ) -> None:
+        """Accuracy, macro-F1, per-class P/R/F1 and confusion matrix of the analyzer's labels."""
+        from batchroute.evaluation import eval_labels
+
+        report = eval_labels(files if len(files) > 1 else files[0])
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_labels(report)
+
+    @eval_app.command("routing")
+    @handles_errors
+    def routing(
+        train: Annotated[list[Path], typer.Option("--train", help="outcome JSONL (train rows), repeatable",
+                                                  exists=True, dir_okay=False, readable=True)],
+        test: Annotated[list[Path], typer.Option("--test", help="outcome JSONL (test rows), repeatable",
+                                                 exists=True, dir_okay=False, readable=True)],
+        max_train: Annotated[int | None, typer.Option(help="use at most N train rows (seeded sample)")] = None,
+        max_test: Annotated[int | None, typer.Option(help="use at most N test rows (seeded sample)")] = None,
+        seed: Annotated[int, typer.Option(help="seed for sampling and CV folds")] = 0,
+        tune: Annotated[bool, typer.Option(help="choose k / strength / temperature by CV on train rows")] = True,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ) -> None:
+        """Cost-quality curve of the kNN router vs single models, random and oracle: AIQ, APGR, CPT."""
+        from batchroute.evaluation import eval_routing
+
+        report = eval_routing(train, test, seed=seed, max_train=max_train, max_test=max_test, tune=tune)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_routing(report)
+
+    app.add_typer(eval_app, name="eval")
+
+
+__all__ = ["print_labels", "print_routing", "register"]

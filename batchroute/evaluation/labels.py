@@ -1,0 +1,141 @@
+"""Label evaluation: how well the analyzer's labels match a labeled JSONL file.
+
+Use::
+
+    from batchroute.evaluation import eval_labels
+    report = eval_labels("labeled.jsonl")         # or a list of files
+    report["axes"]["domain"]["macro_f1"]
+
+Input lines are ``{"id"?, "prompt", "domain"?, "complexity"?, "style"?}``; a label that is
+missing or ``null`` is skipped for that axis only. A label outside TAXONOMY.md is an error
+(an :class:`~batchroute.errors.InputError` naming the line), so typos never count as misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchroute.errors import InputError
+from batchroute.evaluation.metrics import classification_report, top_confusions
+from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
+
+if TYPE_CHECKING:
+    from batchroute.analyzer import Analyzer
+
+LABEL_AXES: dict[str, tuple[str, ...]] = {"domain": DOMAINS, "complexity": COMPLEXITIES, "style": STYLES}
+
+
+def prompt_hash(prompt: str) -> str:
+    """sha256 of the whitespace-normalised prompt (how the benchmark recognises the same prompt)."""
+    return hashlib.sha256(" ".join(prompt.split()).encode("utf-8")).hexdigest()
+
+
+def read_labeled(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Rows of labeled JSONL files with a non-empty prompt (``_file`` added); bad labels raise."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot be read: {exc}", source=str(path)) from exc
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 etc. in prompts
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"not JSON: {exc}", source=str(path), line=n) from exc
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise InputError("needs a non-empty string 'prompt'", source=str(path), line=n, field="prompt")
+            for axis, allowed in LABEL_AXES.items():
+                value = row.get(axis)
+                if value is not None and value not in allowed:
+                    raise InputError(f"{value!r} is not one of {list(allowed)}", source=str(path), line=n,
+                                     field=axis)
+            row["_file"] = path.name
+            rows.append(row)
+    return rows
+
+
+def _exemplar_hashes(paths: Sequence[Path]) -> set[str]:
+    """Prompt hashes of the exemplar files (``*.jsonl`` of directories), for a contamination check."""
+    out: set[str] = set()
+    for p in paths:
+        files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p] if p.is_file() else []
+        for f in files:
+            for line in f.read_text(encoding="utf-8").split("\n"):
+                try:
+                    prompt = json.loads(line).get("prompt")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(prompt, str):
+                    out.add(prompt_hash(prompt))
+    return out
+
+
+def eval_labels(path: Path | str | Sequence[Path | str], analyzer: Analyzer | None = None, *,
+                exemplar_paths: Sequence[Path] | None = None, per_file: bool = True) -> dict[str, Any]:
+    """Run the analyzer on labeled prompts and score its labels per axis.
+
+    Args:
+        path: a labeled JSONL file, or several (scored together, and per file with ``per_file``).
+        analyzer: the analyzer to evaluate; default :func:`batchroute.analyzer.get_analyzer`.
+        exemplar_paths: exemplar files the analyzer was built from, to count evaluation prompts
+            that are also exemplars (a number measured on them is not a result); default the
+            bundled exemplars when ``analyzer`` is None.
+
+    Returns per axis present (``domain``, ``complexity``, ``style``): ``n``, ``accuracy``,
+    ``macro_f1`` (over labels in truth ∪ predictions), ``macro_f1_true_labels``, ``per_class``
+    precision / recall / F1 / support, ``confusion`` (``labels`` as TAXONOMY names in TAXONOMY
+    order, ``matrix[true][predicted]``) and ``top_confusions``; plus ``rows``, ``files``,
+    ``in_exemplars`` and ``seconds``.
+    """
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    rows = read_labeled(paths)
+    if analyzer is None:
+        from batchroute.analyzer import BUNDLED_EXEMPLARS, get_analyzer
+
+        analyzer = get_analyzer()
+        if exemplar_paths is None:
+            exemplar_paths = [BUNDLED_EXEMPLARS]
+    t0 = time.perf_counter()
+    analyses = analyzer.analyze([r["prompt"] for r in rows]) if rows else []
+    seconds = time.perf_counter() - t0
+    report: dict[str, Any] = {"files": [p.name for p in paths], "rows": len(rows), "axes": {},
+                              "seconds": round(seconds, 2),
+                              "prompts_per_s": round(len(rows) / seconds, 1) if seconds > 0 and rows else None}
+    if exemplar_paths:
+        hashes = _exemplar_hashes(exemplar_paths)
+        report["in_exemplars"] = sum(prompt_hash(r["prompt"]) in hashes for r in rows)
+    report["axes"] = _score_axes(rows, analyses)
+    if per_file and len(paths) > 1:
+        by_file: dict[str, Any] = {}
+        for p in paths:
+            sel = [i for i, r in enumerate(rows) if r["_file"] == p.name]
+            axes = _score_axes([rows[i] for i in sel], [analyses[i] for i in sel])
+            by_file[p.name] = {axis: {k: v for k, v in rep.items() if k in ("n", "accuracy", "macro_f1")}
+                               for axis, rep in axes.items()}
+        report["by_file"] = by_file
+    return report
+
+
+def _score_axes(rows: Sequence[dict[str, Any]], analyses: Sequence[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for axis, names in LABEL_AXES.items():
+        pairs = [(r[axis], getattr(a, axis)) for r, a in zip(rows, analyses, strict=True)
+                 if r.get(axis) is not None]
+        if not pairs:
+            continue
+        truth, pred = zip(*pairs, strict=True)
+        rep = classification_report(truth, pred, labels=names)
+        rep["top_confusions"] = top_confusions(rep)
+        out[axis] = rep
+    return out
+
+
+__all__ = ["LABEL_AXES", "eval_labels", "prompt_hash", "read_labeled"]
