@@ -6,16 +6,15 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchroute.errors import BatchrouteError, ConfigError, InputError
+from batchroute.console import err, fail, handles_errors, load_bench, out
+from batchroute.errors import ConfigError, InputError
 
 app = typer.Typer(help="batchroute: route large LLM workloads to the right model.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -26,31 +25,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 TAG_RE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(.{0,200})$")
-
-
-def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-    return typer.Exit(code)
-
-
-def handles_errors(fn: F) -> F:
-    """Turn BatchrouteError into a one-line message and a non-zero exit (2 for bad config/input)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, InputError) as exc:
-            raise _fail(exc, 2) from exc
-        except BatchrouteError as exc:
-            raise _fail(exc, 1) from exc
-
-    return wrapper  # type: ignore[return-value]
 
 
 def parse_tags(tags: list[str]) -> dict[str, str]:
@@ -221,7 +196,8 @@ def demo(
                 "quality routed/mono", "routed to"):
         t.add_column(col, justify="left" if col in ("type", "routed to") else "right")
     rows = [*res["per_type"], {"type": "ALL", "requests": res["requests"],
-                               "routed_cost_usd": res["routed_cost_usd"], "monolithic_cost_usd": res["monolithic_cost_usd"],
+                               "routed_cost_usd": res["routed_cost_usd"],
+                               "monolithic_cost_usd": res["monolithic_cost_usd"],
                                "cost_saving_pct": res["cost_saving_pct"],
                                "routed_p50_latency_ms": res["routed_p50_latency_ms"],
                                "monolithic_p50_latency_ms": res["monolithic_p50_latency_ms"],
@@ -314,7 +290,7 @@ def registry_validate(file: Annotated[Path, typer.Argument(help="registry YAML")
     try:
         reg = load_registry(file)
     except ConfigError as exc:
-        raise _fail(exc, 2) from exc
+        raise fail(exc, 2) from exc
     out.print(f"{file}: ok — {len(reg.models)} models, providers {', '.join(reg.provider_names())}")
 
 
@@ -373,22 +349,6 @@ def worker_beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     _exec_celery(["beat", "-l", loglevel])
 
 
-def load_bench(name: str) -> Any:
-    """Import ``bench/<name>.py`` from the project checkout (benchmarks are not part of the wheel)."""
-    import importlib.util
-
-    from batchroute.localcluster import ROOT
-
-    path = ROOT / "bench" / f"{name}.py"
-    if not path.is_file():
-        raise BatchrouteError(f"benchmark {path} not found (benchmarks run from a source checkout)")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @bench_app.command("pipeline")
 @handles_errors
 def bench_pipeline(
@@ -403,6 +363,40 @@ def bench_pipeline(
     """A job end to end on Redis + Postgres + real workers, simulated provider at zero latency."""
     res = load_bench("pipeline_bench").run(prompts, database_url, broker_url, provider_workers, concurrency)
     out.print_json(data=res) if as_json else out.print(res)
+
+
+@bench_app.command("inflight")
+@handles_errors
+def bench_inflight(
+    calls: Annotated[int, typer.Option(help="provider calls to make", min=1)] = 6000,
+    concurrency: Annotated[int, typer.Option(help="threads of the one provider worker", min=1)] = 16,
+    latency_ms: Annotated[float, typer.Option(help="simulated latency of every call", min=0)] = 1000.0,
+) -> None:
+    """Calls/s of one provider worker process against a fixed-latency simulated provider (vs bare aiohttp)."""
+    out.print_json(data=load_bench("inflight_bench").run(calls=calls, concurrency=concurrency, latency_ms=latency_ms))
+
+
+@bench_app.command("ratelimit")
+@handles_errors
+def bench_ratelimit(
+    duration_s: Annotated[float, typer.Option(help="measured seconds per side", min=5)] = 60.0,
+    processes: Annotated[int, typer.Option(help="worker processes sharing one provider limit", min=1)] = 4,
+) -> None:
+    """Share of a provider's rpm/tpm used and share of 429s: shared limiter vs Celery's per-worker rate_limit."""
+    out.print_json(data=load_bench("ratelimit_bench").run(duration_s=duration_s, processes=processes))
+
+
+def _register_extensions() -> None:
+    from batchroute.cost_cli import register as register_costs
+    from batchroute.cost_cli import register_bench as register_cost_bench
+    from batchroute.eval_cli import register as register_eval
+
+    register_costs(app)
+    register_cost_bench(bench_app)
+    register_eval(app)
+
+
+_register_extensions()
 
 
 def main() -> None:

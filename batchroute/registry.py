@@ -179,7 +179,8 @@ def _format_loc(loc: tuple[int | str, ...], data: object) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-            name = node[part].get("name") if isinstance(node, list) and part < len(node) and isinstance(node[part], dict) else None
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
             if name:
                 out += f"({name})"
             node = node[part] if isinstance(node, list) and part < len(node) else None

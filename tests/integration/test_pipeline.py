@@ -63,14 +63,16 @@ def assert_job_complete(job_id: str, n: int, invalid: int) -> dict:
     assert st["invalid_lines"] == invalid
     with Session(get_engine()) as s:
         n_results = s.exec(select(func.count()).select_from(Result).where(Result.job_id == job_id)).one()[0]
-        n_distinct = s.exec(select(func.count(func.distinct(Result.request_id))).where(Result.job_id == job_id)).one()[0]
+        n_distinct = s.exec(select(func.count(func.distinct(Result.request_id)))
+                            .where(Result.job_id == job_id)).one()[0]
         attempts_cost = s.exec(select(func.sum(Attempt.cost_usd)).where(Attempt.job_id == job_id)).one()[0]
         results_cost = s.exec(select(func.sum(Result.cost_usd)).where(Result.job_id == job_id)).one()[0]
         ok_attempts = s.exec(select(func.count()).select_from(Attempt).where(
             Attempt.job_id == job_id, Attempt.status == "ok")).one()[0]
         db_states = dict(s.exec(select(Request.state, func.count()).where(Request.job_id == job_id)
                                 .group_by(Request.state)).all())
-        line_errors = s.exec(select(func.count()).select_from(JobLineError).where(JobLineError.job_id == job_id)).one()[0]
+        line_errors = s.exec(select(func.count()).select_from(JobLineError)
+                             .where(JobLineError.job_id == job_id)).one()[0]
     assert n_results == n_distinct == n
     assert ok_attempts == n  # exactly one successful call per request
     assert attempts_cost > 0
@@ -110,9 +112,8 @@ def test_pipeline_embedded_default(embedded: Path) -> None:
 @pytest.fixture
 def deployment(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Postgres + Redis broker + a simulated provider + real worker processes."""
-    from batchroute.simprovider import SimConfig, SimServerThread
-
     from batchroute.registry import load_registry
+    from batchroute.simprovider import SimConfig, SimServerThread
 
     truncate_pg(pg_url)
     sim = SimServerThread(load_registry(), SimConfig(time_scale=0.0))
