@@ -63,18 +63,18 @@ def embedded_environment(time_scale: float) -> Iterator[Path]:
 
 def _job_rows(job_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
-    from sqlmodel import Session
+    from sqlmodel import Session, col
 
     from batchroute.db import get_engine
     from batchroute.tables import Request, Result, RoutingDecision
 
     with Session(get_engine()) as s:
-        q = (select(Request.custom_id, Request.domain, Request.state, Result.model, Result.cost_usd,
-                    Result.latency_ms, RoutingDecision.detail)
-             .join(Result, Result.request_id == Request.id, isouter=True)  # type: ignore[arg-type]
-             .join(RoutingDecision, (RoutingDecision.request_id == Request.id) & (RoutingDecision.seq == 0),  # type: ignore[arg-type]
-                   isouter=True)
-             .where(Request.job_id == job_id))
+        q = (select(col(Request.custom_id), col(Request.domain), col(Request.state), col(Result.model),
+                    col(Result.cost_usd), col(Result.latency_ms), col(RoutingDecision.detail))
+             .join(Result, col(Result.request_id) == col(Request.id), isouter=True)
+             .join(RoutingDecision, (col(RoutingDecision.request_id) == col(Request.id))
+                   & (col(RoutingDecision.seq) == 0), isouter=True)
+             .where(col(Request.job_id) == job_id))
         rows = []
         for cid, domain, state, model, cost, lat, detail in s.execute(q):
             quality = None

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from batchroute.db import get_engine
 from batchroute.errors import NotFoundError
@@ -20,10 +20,10 @@ def explain_request(request_id: str) -> dict[str, Any]:
         req = s.get(Request, request_id)
         if req is None:
             raise NotFoundError(f"no request {request_id!r} (ids look like <job id>-<line>)")
-        decisions = list(s.exec(select(RoutingDecision).where(  # type: ignore[call-overload]
-            RoutingDecision.request_id == request_id).order_by(RoutingDecision.seq)).scalars())
-        attempts = list(s.exec(select(Attempt).where(  # type: ignore[call-overload]
-            Attempt.request_id == request_id).order_by(Attempt.created_at)).scalars())
+        decisions = list(s.execute(select(RoutingDecision).where(
+            col(RoutingDecision.request_id) == request_id).order_by(col(RoutingDecision.seq))).scalars())
+        attempts = list(s.execute(select(Attempt).where(
+            col(Attempt.request_id) == request_id).order_by(col(Attempt.created_at))).scalars())
     return {
         "request_id": req.id, "job_id": req.job_id, "custom_id": req.custom_id, "state": req.state,
         "model": req.model, "provider": req.provider, "error": req.error,

@@ -103,7 +103,8 @@ def parse_line(text: str, line: int, known_models: Iterable[str] = (),
         model = body.get("model")
         max_tokens = _positive_int(body.get("max_completion_tokens", body.get("max_tokens")), line,
                                    "body.max_tokens")
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        metadata = body.get("metadata")
+        meta: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
         latency = latency if latency is not None else meta.get("latency")
     else:
         custom_id = obj.get("id")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import func, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from batchroute.db import get_engine
 from batchroute.dispatch import Dispatcher, get_dispatcher
@@ -204,15 +204,16 @@ def job_status(job_id: str) -> dict[str, Any]:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFoundError(f"no job {job_id!r}")
-        counts = dict(s.exec(select(Request.state, func.count()).where(  # type: ignore[call-overload]
-            Request.job_id == job_id).group_by(Request.state)).all())
-        cost, ptok, ctok, attempts = s.exec(select(  # type: ignore[call-overload]
-            func.coalesce(func.sum(Attempt.cost_usd), 0.0), func.coalesce(func.sum(Attempt.prompt_tokens), 0),
-            func.coalesce(func.sum(Attempt.completion_tokens), 0), func.count()).where(
-            Attempt.job_id == job_id)).one()
-        by_model = {m: {"requests": n, "cost_usd": float(c)} for m, n, c in s.exec(select(  # type: ignore[call-overload]
-            Result.model, func.count(), func.coalesce(func.sum(Result.cost_usd), 0.0)).where(
-            Result.job_id == job_id).group_by(Result.model)).all()}
+        counts: dict[str, int] = {state: n for state, n in s.execute(
+            select(col(Request.state), func.count()).where(col(Request.job_id) == job_id)
+            .group_by(col(Request.state))).all()}
+        cost, ptok, ctok, attempts = s.execute(select(
+            func.coalesce(func.sum(col(Attempt.cost_usd)), 0.0), func.coalesce(func.sum(col(Attempt.prompt_tokens)), 0),
+            func.coalesce(func.sum(col(Attempt.completion_tokens)), 0), func.count()).where(
+            col(Attempt.job_id) == job_id)).one()
+        by_model = {m: {"requests": n, "cost_usd": float(c)} for m, n, c in s.execute(select(
+            col(Result.model), func.count(), func.coalesce(func.sum(col(Result.cost_usd)), 0.0)).where(
+            col(Result.job_id) == job_id).group_by(col(Result.model))).all()}
     by_state = {st: int(counts.get(st, 0)) for st in RequestState.ALL}
     done = sum(by_state[st] for st in RequestState.TERMINAL)
     return {
@@ -234,14 +235,14 @@ def iter_results(job_id: str, include_errors: bool = True) -> Iterator[dict[str,
     with Session(engine) as s:
         if s.get(Job, job_id) is None:
             raise NotFoundError(f"no job {job_id!r}")
-        q = (select(Request, Result).join(Result, Result.request_id == Request.id, isouter=True)  # type: ignore[arg-type]
-             .where(Request.job_id == job_id).order_by(Request.line)
+        q = (select(Request, Result).join(Result, col(Result.request_id) == col(Request.id), isouter=True)
+             .where(col(Request.job_id) == job_id).order_by(col(Request.line))
              .execution_options(yield_per=1000))
         for req, res in s.execute(q):
             yield _result_line(req, res)
         if include_errors:
-            for err in s.exec(select(JobLineError).where(JobLineError.job_id == job_id)  # type: ignore[call-overload]
-                              .order_by(JobLineError.line)).scalars():
+            for err in s.execute(select(JobLineError).where(col(JobLineError.job_id) == job_id)
+                                 .order_by(col(JobLineError.line))).scalars():
                 yield {"id": None, "custom_id": err.custom_id, "state": "invalid", "line": err.line,
                        "response": None, "error": {"code": "invalid_line", "field": err.field,
                                                    "message": f"line {err.line}: {err.reason}"}}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from batchroute.budgets import admit_chunk
 from batchroute.db import get_engine
@@ -70,12 +70,12 @@ def analyze_chunk(request_ids: Sequence[str], dispatcher: Dispatcher) -> dict[st
     registry = get_registry()
     engine = get_engine()
     with Session(engine) as session:
-        requests = list(session.exec(select(Request).where(
-            Request.id.in_(list(request_ids)), Request.state == RequestState.QUEUED)).scalars())  # type: ignore[attr-defined]
+        requests = list(session.execute(select(Request).where(
+            col(Request.id).in_(list(request_ids)), col(Request.state) == RequestState.QUEUED)).scalars())
         if not requests:
             return {}
-        jobs = {j.id: j for j in session.exec(select(Job).where(
-            Job.id.in_({r.job_id for r in requests}))).scalars()}  # type: ignore[attr-defined]
+        jobs = {j.id: j for j in session.execute(select(Job).where(
+            col(Job.id).in_({r.job_id for r in requests}))).scalars()}
     analyses = get_analyzer().analyze([r.prompt for r in requests])
 
     routed = [(req, analysis, decide(route_input(req, analysis, registry), registry,
