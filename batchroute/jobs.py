@@ -24,6 +24,7 @@ from batchroute.dispatch import Dispatcher, get_dispatcher
 from batchroute.errors import InputError, NotFoundError
 from batchroute.jobfile import JobItem, iter_job_lines
 from batchroute.ledger import REQUESTS, insert_ignore
+from batchroute.planner import Plan, Reservoir, plan_items
 from batchroute.registry import get_registry
 from batchroute.routing import OBJECTIVES
 from batchroute.settings import get_settings
@@ -50,6 +51,11 @@ class JobOptions:
     baseline_model: str | None = None
     ignore_model: bool = False
     deadline_at: datetime | None = None
+
+    @property
+    def has_goal(self) -> bool:
+        """True when the job asks for a budget or a minimum quality (it is planned before dispatch)."""
+        return self.budget_usd is not None or self.min_quality is not None
 
     def validate(self) -> None:
         """Raise InputError naming the first bad option."""
@@ -124,14 +130,17 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
     report = SubmitReport(job_id=job_id)
     rows: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
+    # A cost or quality goal is planned over the job's own prompts before anything is dispatched.
+    sample = Reservoir(settings.plan_sample_size) if options.has_goal else None
 
     def flush() -> None:
         with engine.begin() as conn:
             insert_ignore(conn, REQUESTS, rows)
             insert_ignore(conn, LINE_ERRORS, bad)
-        ids = [r["id"] for r in rows]
-        for i in range(0, len(ids), settings.analyze_chunk_size):
-            dispatcher.analyze(ids[i:i + settings.analyze_chunk_size])
+        if sample is None:
+            ids = [r["id"] for r in rows]
+            for i in range(0, len(ids), settings.analyze_chunk_size):
+                dispatcher.analyze(ids[i:i + settings.analyze_chunk_size])
         rows.clear()
         bad.clear()
         if on_progress:
@@ -153,6 +162,8 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
                 bad.append({"job_id": job_id, "line": item.line, "field": item.field, "reason": item.reason})
             else:
                 report.requests += 1
+                if sample is not None:
+                    sample.add(item)
                 now = utcnow()
                 rows.append({
                     "id": f"{job_id}-{item.line}", "job_id": job_id, "line": item.line,
@@ -170,8 +181,60 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
             total_lines=report.lines, invalid_lines=report.invalid, request_count=report.requests,
             submitted=True))
+    if sample is not None:
+        plan_job(job_id, sample.items, report.requests, options)
+        dispatch_queued(job_id, dispatcher)
     refresh_job_state(job_id)
     return report
+
+
+def plan_job(job_id: str, items: list[JobItem], requests: int, options: JobOptions) -> Plan:
+    """Plan the job's λ from a sample of its lines and store the plan on the job row."""
+    plan = plan_items(items, requests, get_registry(), latency_class=options.latency_class,
+                      objective=options.objective, budget_usd=options.budget_usd,
+                      min_quality=options.min_quality, allowed_models=options.allowed_models)
+    with get_engine().begin() as conn:
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+            cost_weight=plan.chosen.cost_weight, predicted_cost_usd=plan.chosen.cost_usd,
+            predicted_quality=plan.chosen.quality, plan=plan.to_dict()))
+    return plan
+
+
+def plan_file(source: Path | str, options: JobOptions) -> Plan:
+    """Plan a job file without storing or spending anything (``batchroute plan``)."""
+    options.validate()
+    registry = get_registry()
+    sample = Reservoir(get_settings().plan_sample_size)
+    with open(source, encoding="utf-8") as stream:
+        for item in iter_job_lines(stream, (m.name for m in registry.models), options.ignore_model, str(source)):
+            if isinstance(item, JobItem):
+                sample.add(item)
+    if not sample.seen:
+        raise InputError("no valid lines to plan", field="file")
+    return plan_items(sample.items, sample.seen, registry, latency_class=options.latency_class,
+                      objective=options.objective, budget_usd=options.budget_usd,
+                      min_quality=options.min_quality, allowed_models=options.allowed_models)
+
+
+def dispatch_queued(job_id: str, dispatcher: Dispatcher) -> int:
+    """Send the job's queued requests to the analyzer in line order; returns how many."""
+    chunk = get_settings().analyze_chunk_size
+    n = 0
+    ids: list[str] = []
+    with get_engine().connect() as conn:
+        result = conn.execute(select(REQUESTS.c.id).where(
+            REQUESTS.c.job_id == job_id, REQUESTS.c.state == RequestState.QUEUED)
+            .order_by(REQUESTS.c.line).execution_options(yield_per=10_000))
+        for rid in result.scalars():
+            ids.append(rid)
+            if len(ids) == chunk:
+                dispatcher.analyze(ids)
+                n += len(ids)
+                ids = []
+    if ids:
+        dispatcher.analyze(ids)
+        n += len(ids)
+    return n
 
 
 def refresh_job_state(job_id: str) -> str:
@@ -224,9 +287,24 @@ def job_status(job_id: str) -> dict[str, Any]:
         "prompt_tokens": int(ptok), "completion_tokens": int(ctok), "by_model": by_model,
         "budget_usd": job.budget_usd, "predicted_cost_usd": job.predicted_cost_usd,
         "predicted_quality": job.predicted_quality, "pause_reason": job.pause_reason,
+        "plan": _plan_summary(job.plan, by_model, sum(by_state.values())),
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def _plan_summary(plan: dict[str, Any] | None, by_model: dict[str, dict[str, Any]],
+                  requests: int) -> dict[str, Any] | None:
+    """The chosen point of a job's plan next to what actually happened so far."""
+    if not plan:
+        return None
+    chosen = plan["chosen"]
+    done = sum(row["requests"] for row in by_model.values())
+    return {"cost_weight": chosen["cost_weight"], "predicted_cost_usd": chosen["cost_usd"],
+            "predicted_quality": chosen["quality"], "predicted_relative_quality": chosen["relative_quality"],
+            "goal_met": plan["met"], "note": plan["note"], "predicted_share": chosen["share"],
+            "actual_share": {m: round(row["requests"] / done, 4) for m, row in by_model.items()} if done else {},
+            "sampled": plan["sampled"], "requests": requests}
 
 
 def iter_results(job_id: str, include_errors: bool = True) -> Iterator[dict[str, Any]]:

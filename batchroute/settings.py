@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     # Broker visibility timeout; must exceed the longest task (see README "Timeouts").
     visibility_timeout_s: float = Field(default=3600.0, gt=0)
     embed_batch_size: int = Field(default=64, ge=1)
+    # Prompts of a job sampled to plan a budget or quality goal before dispatch.
+    plan_sample_size: int = Field(default=1_000, ge=10, le=100_000)
+    # Extra exemplar/outcome JSONL files or directories for the analyzer's index (a JSON list);
+    # ``batchroute index build --from`` also adds files under ``data_dir/exemplars``.
+    exemplar_paths: list[Path] = Field(default_factory=list)
+
+    @property
+    def user_exemplar_dir(self) -> Path:
+        """Where ``batchroute index build --from`` keeps the files it adds."""
+        return self.data_dir / "exemplars"
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -68,6 +68,7 @@ class Job(SQLModel, table=True):
     cost_weight: float | None = None  # the lambda the planner chose for this job
     predicted_cost_usd: float | None = None
     predicted_quality: float | None = None
+    plan: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # the planner's curve and choice
     deadline_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
@@ -274,3 +275,15 @@ class BudgetReservation(SQLModel, table=True):
 
 ALL_TABLES = (Job, JobLineError, Request, RoutingDecision, Attempt, Result, TagSetItem, CostRollupDaily, Budget,
               BudgetReservation)
+
+
+class Feedback(SQLModel, table=True):
+    """An observed outcome of a request on a model (``batchroute feedback``); the analyzer learns from it."""
+
+    __tablename__ = "feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(foreign_key="requests.id", index=True, max_length=60)
+    model: str = Field(max_length=200)
+    score: float
+    created_at: datetime = Field(default_factory=utcnow)

@@ -561,3 +561,27 @@ def test_cli_costs_budget_resume(tmp_path: Path) -> None:
         assert run(app, ["bench", "ledger", "--help"]).exit_code == 0
     finally:
         apply_settings()
+
+
+def test_migrations_match_the_table_models(tmp_path: Path) -> None:
+    """A column or table added to tables.py without a migration (or the reverse) fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlmodel import SQLModel
+
+    import batchroute.tables  # noqa: F401 - registers the models on SQLModel.metadata
+    from batchroute.db import migrate
+
+    url = f"sqlite:///{tmp_path}/drift.db"
+    migrate(url)
+    eng = create_engine(url)
+    try:
+        with eng.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    finally:
+        eng.dispose()
+    # Only structural drift counts: added/removed tables and columns.
+    structural = [d for d in diff if isinstance(d, tuple) and d[0] in
+                  ("add_table", "remove_table", "add_column", "remove_column")]
+    assert structural == []
