@@ -390,7 +390,9 @@ def _register_extensions() -> None:
     from batchroute.cost_cli import register as register_costs
     from batchroute.cost_cli import register_bench as register_cost_bench
     from batchroute.eval_cli import register as register_eval
+    from batchroute.routing_cli import register as register_routing
 
+    register_routing(app)
     register_costs(app)
     register_cost_bench(bench_app)
     register_eval(app)

@@ -17,6 +17,7 @@ from sqlmodel import Session, col
 from batchroute.budgets import admit_chunk
 from batchroute.db import get_engine
 from batchroute.dispatch import Dispatcher
+from batchroute.feedback import sync_feedback
 from batchroute.ledger import DECISIONS, REQUESTS, insert_ignore
 from batchroute.registry import Registry, get_registry
 from batchroute.routing import Decision, RouteInput, RoutePolicy, decide, weights_for
@@ -76,7 +77,9 @@ def analyze_chunk(request_ids: Sequence[str], dispatcher: Dispatcher) -> dict[st
             return {}
         jobs = {j.id: j for j in session.execute(select(Job).where(
             col(Job.id).in_({r.job_id for r in requests}))).scalars()}
-    analyses = get_analyzer().analyze([r.prompt for r in requests])
+    analyzer = get_analyzer()
+    sync_feedback(analyzer)
+    analyses = analyzer.analyze([r.prompt for r in requests])
 
     routed = [(req, analysis, decide(route_input(req, analysis, registry), registry,
                                      policy_for(jobs[req.job_id], req)))

@@ -50,7 +50,9 @@ __all__ = [
     "PrepConfig",
     "extract_features",
     "get_analyzer",
+    "index_paths",
     "prepare_text",
+    "reset_analyzer",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,9 @@ class Analyzer:
         self.min_outcome_sim = min_outcome_sim
         self.axes = {axis: AxisModel(len(names), k, temperature) for axis, names in AXES.items()}
         self.fit_report: dict[str, dict[str, float]] = {}
+        self.feedback_seen = 0  # highest feedback row id already added (see batchroute.feedback)
+        # Searches and additions to the index (feedback) may come from different threads.
+        self._index_lock = threading.RLock()
         self.fit()
 
     @classmethod
@@ -176,23 +181,24 @@ class Analyzer:
             return []
         feats = [extract_features(p) for p in prompts]
         fmat = np.array([[f[n] for n in FEATURE_NAMES] for f in feats], dtype=np.float64)
-        sims, idx = self.index.search(embeddings, min(self.k * 2, len(self.index)))
-        probs = {axis: model.predict(sims, idx, self.index.labels[axis], embeddings, fmat)
-                 for axis, model in self.axes.items()}
-        outcome = self._outcome_stats(embeddings)
+        with self._index_lock:
+            sims, idx = self.index.search(embeddings, min(self.k * 2, len(self.index)))
+            probs = {axis: model.predict(sims, idx, self.index.labels[axis], embeddings, fmat)
+                     for axis, model in self.axes.items()}
+            outcome = self._outcome_stats(embeddings)
+            neighbours = [[self._neighbour(int(j), float(sim))
+                           for sim, j in zip(sims[i, :N_NEIGHBOURS], idx[i, :N_NEIGHBOURS], strict=True)
+                           if j >= 0] for i in range(len(prompts))]
         out: list[Analysis] = []
         for i in range(len(prompts)):
             d, c, s = (probs[a][i] for a in ("domain", "complexity", "style"))
             di, ci, si = int(d.argmax()), int(c.argmax()), int(s.argmax())
-            neighbours = [self._neighbour(int(j), float(sim))
-                          for sim, j in zip(sims[i, :N_NEIGHBOURS], idx[i, :N_NEIGHBOURS], strict=True)
-                          if j >= 0]
             out.append(Analysis(
                 domain=DOMAINS[di], complexity=COMPLEXITIES[ci], style=STYLES[si],
                 confidence=float(d[di]), complexity_confidence=float(c[ci]),
                 style_confidence=float(s[si]),
                 domain_probs={name: float(p) for name, p in zip(DOMAINS, d, strict=True)},
-                neighbours=neighbours, features=feats[i], outcome_stats=outcome[i]))
+                neighbours=neighbours[i], features=feats[i], outcome_stats=outcome[i]))
         return out
 
     def _neighbour(self, row: int, sim: float) -> Neighbour:
@@ -233,20 +239,40 @@ class Analyzer:
         prompts = [r.get("prompt") for r in rows]
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise AnalyzerError("add_exemplars: every row needs a non-empty 'prompt'")
-        self.index.add(rows, self.embedder.encode([str(p) for p in prompts]))
-        if refit:
-            self.fit()
+        embeddings = self.embedder.encode([str(p) for p in prompts])
+        with self._index_lock:
+            self.index.add(rows, embeddings)
+            if refit:
+                self.fit()
 
 
 _SINGLETON: Analyzer | None = None
 _SINGLETON_LOCK = threading.Lock()
 
 
-def get_analyzer() -> Analyzer:
-    """The process-wide analyzer over the bundled exemplars (built on first call).
+def index_paths() -> list[Path]:
+    """What the process-wide index is built from: the bundled exemplars, ``BATCHROUTE_EXEMPLAR_PATHS``
+    and the files ``batchroute index build --from`` added under ``data_dir/exemplars``."""
+    from batchroute.settings import get_settings
 
-    Its index is cached in ``settings.data_dir / "index"``; extra exemplar/outcome files come
-    from ``settings.exemplar_paths`` when the settings define it.
+    settings = get_settings()
+    paths = [BUNDLED_EXEMPLARS, *settings.exemplar_paths]
+    if settings.user_exemplar_dir.is_dir():
+        paths.append(settings.user_exemplar_dir)
+    return paths
+
+
+def reset_analyzer() -> None:
+    """Forget the process-wide analyzer (the next :func:`get_analyzer` builds it from the current paths)."""
+    global _SINGLETON
+    with _SINGLETON_LOCK:
+        _SINGLETON = None
+
+
+def get_analyzer() -> Analyzer:
+    """The process-wide analyzer (built on first call) over :func:`index_paths`.
+
+    Its index is cached in ``settings.data_dir / "index"`` by content hash.
     """
     global _SINGLETON
     if _SINGLETON is not None:
@@ -256,9 +282,8 @@ def get_analyzer() -> Analyzer:
             from batchroute.settings import get_settings
 
             settings = get_settings()
-            extra = [Path(p) for p in getattr(settings, "exemplar_paths", None) or []]
             _SINGLETON = Analyzer.from_paths(
-                [BUNDLED_EXEMPLARS, *extra],
+                index_paths(),
                 embedder=Embedder(batch_size=settings.embed_batch_size),
                 cache_dir=settings.data_dir / "index")
         return _SINGLETON

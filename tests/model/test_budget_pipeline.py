@@ -37,7 +37,8 @@ def test_job_pauses_at_budget_then_resumes(embedded: Path) -> None:
     from batchroute.providers.base import estimate_prompt_tokens
 
     style = get_analyzer().analyze([PROMPT])[0].style
-    each = estimate_cost_usd(get_registry().model("sim-gpt-4"), estimate_prompt_tokens([{"role": "user", "content": PROMPT}]), style, 60)
+    tokens = estimate_prompt_tokens([{"role": "user", "content": PROMPT}])
+    each = estimate_cost_usd(get_registry().model("sim-gpt-4"), tokens, style, 60)
     budget = each * 7.5  # room for exactly 7 requests
 
     res = runner.invoke(app, ["submit", str(src), "--budget", f"{budget:.10f}", "--json"])

@@ -1,0 +1,133 @@
+"""Job goals planned before dispatch, feedback learned by the analyzer, and `index build --from`."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from batchroute.cli import app
+
+runner = CliRunner()
+
+
+def _demo_job(tmp: Path, n: int = 120) -> Path:
+    from batchroute.demo import demo_prompts
+
+    rows = demo_prompts()[:n]
+    path = tmp / "job.jsonl"
+    path.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"]}) + "\n" for r in rows))
+    return path
+
+
+def test_plan_command_spends_nothing_and_meets_the_budget(embedded: Path) -> None:
+    src = _demo_job(embedded)
+    res = runner.invoke(app, ["plan", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    free = json.loads(res.stdout)
+    assert free["requests"] == 120 and free["sampled"] == 120 and free["met"]
+    costs = [p["cost_usd"] for p in free["points"]]
+    budget = round((max(costs) + min(costs)) / 2, 6)  # a budget between the extremes binds
+    res = runner.invoke(app, ["plan", str(src), "--budget", str(budget), "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    chosen = plan["chosen"]
+    assert plan["met"] and chosen["cost_usd"] <= budget
+    within = [p for p in plan["points"] if p["cost_usd"] <= budget]
+    assert chosen["quality"] == max(p["quality"] for p in within)
+    assert plan["strongest_model"] == "sim-gpt-4" and plan["strongest_cost_usd"] > 0
+    assert min(costs) < budget < max(costs)
+    # Nothing was stored: planning touches no job.
+    st = runner.invoke(app, ["costs", "--format", "json"])
+    assert st.exit_code == 0 and json.loads(st.stdout) == []
+
+    bad = runner.invoke(app, ["plan", str(src), "--min-quality", "1.5"])
+    assert bad.exit_code == 2 and "min_quality" in " ".join(bad.output.split())
+
+
+def test_submit_with_min_quality_plans_then_runs(embedded: Path) -> None:
+    src = _demo_job(embedded, 80)
+    res = runner.invoke(app, ["submit", str(src), "--min-quality", "0.95", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout[res.stdout.index("{"):])
+    st = data["status"]
+    assert st["state"] == "completed" and st["by_state"]["succeeded"] == 80
+    plan = st["plan"]
+    assert plan["goal_met"] and plan["predicted_relative_quality"] >= 0.95
+    assert plan["sampled"] == 80 and plan["requests"] == 80
+    # Every request was routed with the planned λ.
+    ex = runner.invoke(app, ["explain", f"{data['job_id']}-1", "--json"])
+    assert json.loads(ex.stdout)["decisions"][0]["detail"]["cost_weight"] == plan["cost_weight"]
+    # Predicted cost is the sample's own decisions, so with every prompt sampled it matches
+    # the routed estimates; actual cost differs only by real output lengths.
+    assert st["cost_usd"] > 0 and plan["predicted_cost_usd"] > 0
+    assert sum(plan["actual_share"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_feedback_moves_predicted_quality(embedded: Path) -> None:
+    from batchroute.analyzer import get_analyzer, reset_analyzer
+    from batchroute.feedback import sync_feedback
+
+    prompt = "Translate the following legal clause into plain English for a tenant: 'The lessee shall indemnify.'"
+    path = embedded / "one.jsonl"
+    path.write_text(json.dumps({"id": "x", "prompt": prompt}) + "\n")
+    res = runner.invoke(app, ["submit", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    job_id = json.loads(res.stdout[res.stdout.index("{"):])["job_id"]
+    reset_analyzer()  # a fresh index: feedback from other tests' databases must not count
+    analyzer = get_analyzer()
+    try:
+        sync_feedback(analyzer, force=True)
+        before = analyzer.analyze([prompt])[0].predicted_quality("sim-llama-3-8b", prior=0.8)
+        n = len(analyzer.index)
+        fb = runner.invoke(app, ["feedback", f"{job_id}-1", "--score", "0.0", "--model", "sim-llama-3-8b"])
+        assert fb.exit_code == 0, fb.output
+        assert len(analyzer.index) == n + 1 and analyzer.feedback_seen == 1
+        after = analyzer.analyze([prompt])[0].predicted_quality("sim-llama-3-8b", prior=0.8)
+        assert after < before - 0.05  # the same prompt now has a nearby 0.0 outcome for that model
+    finally:
+        reset_analyzer()  # the in-memory feedback row must not leak into later tests
+
+    assert runner.invoke(app, ["feedback", f"{job_id}-1", "--score", "1.5"]).exit_code == 2
+    assert runner.invoke(app, ["feedback", f"{job_id}-1", "--score", "1", "--model", "nope"]).exit_code == 2
+    missing = runner.invoke(app, ["feedback", "job_nope-1", "--score", "1"])
+    assert missing.exit_code == 1 and "no request 'job_nope-1'" in " ".join(missing.output.split())
+
+
+def test_index_build_from_adds_rows_and_skips_bad_lines(embedded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchroute.analyzer import get_analyzer, reset_analyzer
+    from batchroute.settings import get_settings
+
+    reset_analyzer()
+    bundled = len(get_analyzer().index)
+    # A data dir of its own: the rows it adds must not leak into the session's shared index.
+    monkeypatch.setenv("BATCHROUTE_DATA_DIR", str(embedded / "data"))
+    get_settings.cache_clear()
+    try:
+        src = embedded / "mine.jsonl"
+        src.write_text("\n".join([
+            json.dumps({"id": "m1", "prompt": "Classify this ticket: printer on fire", "domain": "classification"}),
+            "{not json",
+            json.dumps({"id": "m2", "prompt": "Prove that sqrt(2) is irrational.", "domain": "math",
+                        "outcomes": {"sim-llama-3-8b": {"score": 0.1}, "sim-gpt-4": {"score": 0.95}}}),
+            json.dumps({"id": "m3", "prompt": "x", "domain": "not-a-domain"}),
+            json.dumps({"id": "m4", "prompt": "Write a limerick about queues.", "domain": "creative_writing"}),
+        ]) + "\n")
+        res = runner.invoke(app, ["index", "build", "--from", str(src), "--json"])
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.stdout)
+        assert report["exemplars"] == bundled + 3 and report["skipped_lines"] == 2
+        assert report["with_outcomes"] >= 1 and "sim-llama-3-8b" in report["outcome_models"]
+        assert report["load_s"] < 1.0
+        assert Path(report["added"][0]).parent == embedded / "data" / "exemplars"
+        # Every later analyzer in this data dir uses the added rows.
+        assert len(get_analyzer().index) == bundled + 3
+
+        empty = embedded / "bad.jsonl"
+        empty.write_text("{not json\n")
+        res = runner.invoke(app, ["index", "build", "--from", str(empty)])
+        assert res.exit_code == 2 and "bad.jsonl: no usable exemplar lines" in " ".join(res.output.split())
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        reset_analyzer()
