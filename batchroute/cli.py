@@ -191,10 +191,16 @@ def demo(
     if as_json:
         out.print_json(data=res)
         return
-    t = Table(title=f"{res['requests']} prompts: routed vs all-to-{res['strongest_model']} ({latency})")
-    for col in ("type", "n", "routed $", "mono $", "saving", "routed p50 ms", "mono p50 ms",
-                "quality routed/mono", "routed to"):
-        t.add_column(col, justify="left" if col in ("type", "routed to") else "right")
+    from rich import box
+
+    t = Table(title=f"{res['requests']} prompts: routed vs all-to-{res['strongest_model']} ({latency})",
+              caption="rt: routed, mono: all to the strongest; $: cost in USD; ms: median latency; "
+                      "q: mean predicted quality",
+              box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
+    wide = out.width >= 100  # the model mix only fits a wide terminal (it is in --json too)
+    cols = ["type", "n", "$ rt", "$ mono", "save", "ms rt", "ms mono", "q rt", "q mono"]
+    for col in cols + (["mostly to"] if wide else []):
+        t.add_column(col, justify="left" if col in ("type", "mostly to") else "right")
     rows = [*res["per_type"], {"type": "ALL", "requests": res["requests"],
                                "routed_cost_usd": res["routed_cost_usd"],
                                "monolithic_cost_usd": res["monolithic_cost_usd"],
@@ -205,10 +211,13 @@ def demo(
                                "monolithic_predicted_quality": res["monolithic_predicted_quality"],
                                "routed_models": {}}]
     for r in rows:
-        t.add_row(r["type"], str(r["requests"]), f"{r['routed_cost_usd']:.4f}", f"{r['monolithic_cost_usd']:.4f}",
-                  f"{r['cost_saving_pct']}%", str(r["routed_p50_latency_ms"]), str(r["monolithic_p50_latency_ms"]),
-                  f"{r['routed_predicted_quality']}/{r['monolithic_predicted_quality']}",
-                  ", ".join(f"{m}:{n}" for m, n in r["routed_models"].items()))
+        models = r["routed_models"]
+        top = max(models, key=models.get) if models else ""
+        mostly = f"{top.removeprefix('sim-')} {models[top] / r['requests']:.0%}" if top else ""
+        t.add_row(r["type"], str(r["requests"]), f"{r['routed_cost_usd']:.3f}", f"{r['monolithic_cost_usd']:.3f}",
+                  f"{r['cost_saving_pct']:.0f}%", f"{r['routed_p50_latency_ms']:.0f}",
+                  f"{r['monolithic_p50_latency_ms']:.0f}", f"{r['routed_predicted_quality']:.3f}",
+                  f"{r['monolithic_predicted_quality']:.3f}", *([mostly] if wide else []))
     out.print(t)
     out.print(f"completed {res['completed']}/{res['requests']} routed, {res['monolithic_completed']} monolithic "
               f"in {res['total_wall_s']} s", highlight=False)
