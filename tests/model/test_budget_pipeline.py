@@ -56,4 +56,5 @@ def test_job_pauses_at_budget_then_resumes(embedded: Path) -> None:
     st = _status(job_id)
     assert st["state"] == "completed" and st["by_state"]["succeeded"] == N and st["pause_reason"] is None
     assert st["attempts"] == N  # nothing was sent twice
+    assert st["cost_usd"] <= 100.0  # within the final budget
     assert st["cost_usd"] == pytest.approx(sum(m["cost_usd"] for m in st["by_model"].values()))
