@@ -9,7 +9,6 @@ Latencies are the simulated provider's (see the registry's latency profiles), me
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -34,31 +33,12 @@ def demo_prompts() -> list[dict[str, Any]]:
 @contextmanager
 def embedded_environment(time_scale: float) -> Iterator[Path]:
     """Point settings at a fresh SQLite file and in-process queues for the duration."""
-    from batchroute.dispatch import reset_dispatcher
-    from batchroute.runtime import reset_runtime
-    from batchroute.settings import get_settings
+    from batchroute.runtime import settings_override
 
-    keys = ("BATCHROUTE_DATABASE_URL", "BATCHROUTE_BROKER_URL", "BATCHROUTE_SIM_URL",
-            "BATCHROUTE_SIM_TIME_SCALE", "BATCHROUTE_REDIS_URL")
-    saved = {k: os.environ.get(k) for k in keys}
-    with tempfile.TemporaryDirectory(prefix="batchroute-demo-") as tmp:
-        os.environ.update({"BATCHROUTE_DATABASE_URL": f"sqlite:///{tmp}/demo.db",
-                           "BATCHROUTE_BROKER_URL": "memory://", "BATCHROUTE_SIM_URL": "",
-                           "BATCHROUTE_SIM_TIME_SCALE": str(time_scale), "BATCHROUTE_REDIS_URL": ""})
-        get_settings.cache_clear()
-        reset_runtime()
-        reset_dispatcher()
-        try:
-            yield Path(tmp)
-        finally:
-            reset_runtime()
-            reset_dispatcher()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            get_settings.cache_clear()
+    with tempfile.TemporaryDirectory(prefix="batchroute-demo-") as tmp, settings_override({
+            "BATCHROUTE_DATABASE_URL": f"sqlite:///{tmp}/demo.db", "BATCHROUTE_BROKER_URL": "memory://",
+            "BATCHROUTE_SIM_URL": "", "BATCHROUTE_SIM_TIME_SCALE": str(time_scale), "BATCHROUTE_REDIS_URL": ""}):
+        yield Path(tmp)
 
 
 def _job_rows(job_id: str) -> list[dict[str, Any]]:

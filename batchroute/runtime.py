@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchroute.breaker import CircuitBreaker
@@ -144,3 +145,38 @@ def reset_runtime() -> None:
         if _runtime is not None and _runtime_pid == os.getpid():
             _runtime.close()
         _runtime = None
+
+
+@contextmanager
+def settings_override(env: Mapping[str, str]) -> Iterator[None]:
+    """Run with these ``BATCHROUTE_*`` variables set (an empty value unsets one), then restore them.
+
+    Settings, the registry, this process's runtime and its dispatcher are rebuilt on entry and on
+    exit, so the code inside sees only the overridden configuration (demo, benchmarks).
+    """
+    from batchroute.dispatch import reset_dispatcher
+    from batchroute.registry import _cached
+    from batchroute.settings import get_settings
+
+    def rebuild() -> None:
+        get_settings.cache_clear()
+        _cached.cache_clear()
+        reset_runtime()
+        reset_dispatcher()
+
+    saved = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        if v:
+            os.environ[k] = v
+        else:
+            os.environ.pop(k, None)
+    rebuild()
+    try:
+        yield
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+        rebuild()

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,10 @@ def run(calls: int = 6000, concurrency: int = 16, chunk_size: int = 25, latency_
     from sqlalchemy import text
 
     from batchroute.db import get_engine, migrate
-    from batchroute.dispatch import get_dispatcher, reset_dispatcher
+    from batchroute.dispatch import get_dispatcher
     from batchroute.localcluster import LocalCluster
-    from batchroute.registry import _cached, get_registry
-    from batchroute.runtime import reset_runtime
+    from batchroute.registry import get_registry, load_registry
+    from batchroute.runtime import settings_override
     from batchroute.settings import get_settings
     from batchroute.simprovider import SimConfig, SimServerThread
 
@@ -139,15 +140,10 @@ def run(calls: int = 6000, concurrency: int = 16, chunk_size: int = 25, latency_
     redis.Redis.from_url(broker_url).flushdb()
     env = {"BATCHROUTE_DATABASE_URL": database_url, "BATCHROUTE_BROKER_URL": broker_url,
            "BATCHROUTE_REGISTRY": str(registry_path), "BATCHROUTE_PROVIDER_CHUNK_SIZE": str(chunk_size)}
-    saved = {k: os.environ.get(k) for k in [*env, "BATCHROUTE_SIM_URL"]}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    _cached.cache_clear()
-    reset_runtime()
-    reset_dispatcher()
-    sim = SimServerThread(get_registry(), SimConfig(time_scale=1.0)).start()
-    env["BATCHROUTE_SIM_URL"] = os.environ["BATCHROUTE_SIM_URL"] = sim.url
-    get_settings.cache_clear()
+    sim = SimServerThread(load_registry(registry_path), SimConfig(time_scale=1.0)).start()
+    env["BATCHROUTE_SIM_URL"] = sim.url
+    restore = ExitStack()  # closed in the finally below: settings come back as they were
+    restore.enter_context(settings_override(env))
     provider = get_registry().model(MODEL).provider
     result: dict[str, Any] = {}
     try:
@@ -201,15 +197,7 @@ def run(calls: int = 6000, concurrency: int = 16, chunk_size: int = 25, latency_
         result["machine"] = {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
     finally:
         sim.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        _cached.cache_clear()
-        reset_runtime()
-        reset_dispatcher()
+        restore.close()
     return result
 
 

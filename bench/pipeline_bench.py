@@ -12,8 +12,8 @@ prompts in the same run (the embedding bottleneck every analyzer pays).
 from __future__ import annotations
 
 import json
-import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,10 @@ def run(prompts: int = 10_000, database_url: str = DEFAULT_PG, broker_url: str =
     from sqlmodel import Session
 
     from batchroute.db import get_engine, migrate
-    from batchroute.dispatch import reset_dispatcher
     from batchroute.jobs import JobOptions, job_status, submit_job
     from batchroute.localcluster import LocalCluster
-    from batchroute.registry import _cached, get_registry, load_registry
-    from batchroute.runtime import reset_runtime
+    from batchroute.registry import get_registry, load_registry
+    from batchroute.runtime import settings_override
     from batchroute.settings import get_settings
     from batchroute.simprovider import SimConfig, SimServerThread
     from batchroute.tables import Result
@@ -103,12 +102,8 @@ def run(prompts: int = 10_000, database_url: str = DEFAULT_PG, broker_url: str =
     env = {"BATCHROUTE_DATABASE_URL": database_url, "BATCHROUTE_BROKER_URL": broker_url,
            "BATCHROUTE_SIM_URL": sim.url, "BATCHROUTE_REGISTRY": str(registry_path)}
     env = {k: v for k, v in env.items() if v}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    _cached.cache_clear()
-    reset_runtime()
-    reset_dispatcher()
+    restore = ExitStack()  # closed in the finally below: settings come back as they were
+    restore.enter_context(settings_override(env))
     providers = ",".join(f"provider.{p}" for p in get_registry().provider_names())
     migrate()
     try:
@@ -141,15 +136,7 @@ def run(prompts: int = 10_000, database_url: str = DEFAULT_PG, broker_url: str =
                 elapsed = max(elapsed - max(end_lag, 0.0), submit_s)
     finally:
         sim.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        _cached.cache_clear()
-        reset_runtime()
-        reset_dispatcher()
+        restore.close()
     embed_per_s = _plain_encode_per_s([r["prompt"] for r in rows[:embed_sample]])
     return {
         "prompts": prompts, "state": st["state"], "results": int(n_results),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,21 +35,26 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(" ".join(prompt.split()).encode("utf-8")).hexdigest()
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line; InputError naming file and line otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot be read: {exc}", source=str(path)) from exc
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: prompts hold U+2028, U+0085
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"not JSON: {exc}", source=str(path), line=n) from exc
+
+
 def read_labeled(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Rows of labeled JSONL files with a non-empty prompt (``_file`` added); bad labels raise."""
     rows: list[dict[str, Any]] = []
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot be read: {exc}", source=str(path)) from exc
-        for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 etc. in prompts
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"not JSON: {exc}", source=str(path), line=n) from exc
+        for n, row in iter_jsonl(path):
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
                 raise InputError("needs a non-empty string 'prompt'", source=str(path), line=n, field="prompt")
             for axis, allowed in LABEL_AXES.items():

@@ -45,7 +45,6 @@ q̂_strong − q̂_weak as the threshold variable); else, for models of :data:`P
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -58,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from batchroute.errors import InputError
-from batchroute.evaluation.labels import prompt_hash
+from batchroute.evaluation.labels import iter_jsonl, prompt_hash
 from batchroute.evaluation.metrics import (
     aiq,
     apgr,
@@ -165,17 +164,7 @@ def read_outcomes(paths: Sequence[Path], side: str) -> OutcomeSet:
     files: list[str] = []
     raw: list[dict[str, dict[str, Any]]] = []
     for path in paths:
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: prompts hold U+0085
-        except OSError as exc:
-            raise InputError(f"cannot be read: {exc}", source=str(path)) from exc
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"not JSON: {exc}", source=str(path), line=n) from exc
+        for n, row in iter_jsonl(path):
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
                     or not isinstance(row.get("outcomes"), dict):
                 raise InputError("needs 'prompt' (string) and 'outcomes' (object)", source=str(path), line=n)
