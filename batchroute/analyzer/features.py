@@ -47,6 +47,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "multi_constraint",
 )
 
+SCAN_HEAD_CHARS = 3_000
+SCAN_TAIL_CHARS = 1_000
+SCAN_CHARS = SCAN_HEAD_CHARS + SCAN_TAIL_CHARS
 _I = re.IGNORECASE
 _WORD = re.compile(r"\S+")
 _CODE_FENCE = re.compile(r"```|~~~")
@@ -173,10 +176,19 @@ _BRAINSTORM = re.compile(
 _CONSTRAINT = re.compile(
     r"(?:\bmust\b|\bshould not\b|\bmust not\b|\bwithout using\b|\bno more than\b|\bat most\b|"
     r"\bat least\b|\bexactly\b|\bonly\b|\bdo not\b|\bdon't\b|\bensure\b|\bmake sure\b|\brequirements?\b|"
-    r"\bconstraints?\b|\bin O\(|\bcomplexity\b|\bhandle\b|\bedge cases?\b)",
+    r"\bconstraints?\b|\bin o\(|\bcomplexity\b|\bhandle\b|\bedge cases?\b)",
     _I,
 )
 
+
+# These are matched against lowercased text: Python's re is ~3x slower with IGNORECASE on these
+# alternations, and the cue scans were the larger part of the feature cost. (Their patterns hold
+# no upper-case literal, so dropping the flag on lowercased input matches exactly the same.)
+_LOWERCASE_INPUT = ("_EQUATION", "_QUANTITY_QUESTION", "_LIST_ASK", "_BREVITY_ASK", "_LENGTH_ASK", "_SUMMARIZE",
+                    "_EXTRACT", "_CLASSIFY", "_CREATIVE", "_MATH", "_REASONING", "_CODE_WORDS", "_BRAINSTORM",
+                    "_CONSTRAINT")
+for _name in _LOWERCASE_INPUT:
+    globals()[_name] = re.compile(globals()[_name].pattern)
 
 def _squash(count: float, scale: float) -> float:
     """Map a non-negative count to [0, 1): ``count / (count + scale)``."""
@@ -216,14 +228,15 @@ def extract_features(prompt: str) -> dict[str, float]:
     """
     # The densities are estimated on at most the first 3,000 and last 1,000 characters: enough
     # to tell code, maths or pasted text apart, and it bounds the cost on huge prompts.
-    text = prompt if len(prompt) <= 4_000 else prompt[:3_000] + "\n" + prompt[-1_000:]
+    text = prompt if len(prompt) <= SCAN_CHARS else prompt[:SCAN_HEAD_CHARS] + "\n" + prompt[-SCAN_TAIL_CHARS:]
     n_chars = len(prompt)
     tokens = _WORD.findall(text)
-    words = len(tokens) if len(prompt) <= 4_000 else len(prompt.split())
+    words = len(tokens) if len(prompt) <= SCAN_CHARS else len(prompt.split())
     head = " ".join(tokens[:80])
     tail = " ".join(tokens[-60:])
     # Cues are looked for where the instruction lives: the head and the tail of the prompt.
     ask = head if words <= 140 else head + " \n " + tail
+    ask_l = ask.lower()
     block, share = _text_block_share(text, words)
     code_lines = len(_CODE_TOKENS.findall(text))
     n_lines = text.count("\n") + 1
@@ -237,27 +250,27 @@ def extract_features(prompt: str) -> dict[str, float]:
         "code_density": min(code_lines / max(n_lines, 3), 1.0),
         "starts_with_code": 1.0 if _CODE_START.match(text) else 0.0,
         "digit_density": min(digits / max(len(text), 1) * 10.0, 1.0),
-        "equation_density": _squash(float(len(_EQUATION.findall(text))), 3.0),
-        "numeric_question": 1.0 if len(_NUMBER.findall(ask)) >= 2 and _QUANTITY_QUESTION.search(ask)
+        "equation_density": _squash(float(len(_EQUATION.findall(text.lower()))), 3.0),
+        "numeric_question": 1.0 if len(_NUMBER.findall(ask_l)) >= 2 and _QUANTITY_QUESTION.search(ask_l)
         else 0.0,
         # Each quantity in a word problem is usually one more step.
-        "number_count": _squash(float(len(_NUMBER.findall(ask))), 4.0),
+        "number_count": _squash(float(len(_NUMBER.findall(ask_l))), 4.0),
         "has_text_block": block,
         "text_block_share": share,
         "question": 1.0 if stripped.endswith("?") or "?" in tail[-200:] else 0.0,
         "question_word_start": 1.0 if _QUESTION_START.match(stripped) else 0.0,
-        "list_ask": 1.0 if _LIST_ASK.search(ask) else 0.0,
-        "brevity_ask": 1.0 if _BREVITY_ASK.search(ask) else 0.0,
-        "length_ask": 1.0 if _LENGTH_ASK.search(ask) else 0.0,
-        "summarize_cue": _hits(_SUMMARIZE, ask),
-        "extract_cue": _hits(_EXTRACT, ask),
-        "classify_cue": _hits(_CLASSIFY, ask),
-        "creative_cue": _hits(_CREATIVE, ask),
-        "math_cue": _hits(_MATH, ask),
-        "reasoning_cue": _hits(_REASONING, ask),
-        "code_cue": _hits(_CODE_WORDS, ask),
-        "brainstorm_cue": _hits(_BRAINSTORM, ask),
-        "multi_constraint": _hits(_CONSTRAINT, ask, 2.0),
+        "list_ask": 1.0 if _LIST_ASK.search(ask_l) else 0.0,
+        "brevity_ask": 1.0 if _BREVITY_ASK.search(ask_l) else 0.0,
+        "length_ask": 1.0 if _LENGTH_ASK.search(ask_l) else 0.0,
+        "summarize_cue": _hits(_SUMMARIZE, ask_l),
+        "extract_cue": _hits(_EXTRACT, ask_l),
+        "classify_cue": _hits(_CLASSIFY, ask_l),
+        "creative_cue": _hits(_CREATIVE, ask_l),
+        "math_cue": _hits(_MATH, ask_l),
+        "reasoning_cue": _hits(_REASONING, ask_l),
+        "code_cue": _hits(_CODE_WORDS, ask_l),
+        "brainstorm_cue": _hits(_BRAINSTORM, ask_l),
+        "multi_constraint": _hits(_CONSTRAINT, ask_l, 2.0),
     }
     return feats
 
