@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,21 @@ def redis_url() -> str:
     except Exception as exc:
         service_missing("Redis", exc)
     return REDIS_URL
+
+
+def wait_for_job(job_id: str, timeout_s: float = 120, poll_s: float = 0.25) -> dict[str, Any]:
+    """Poll ``job_status`` until the job completes or fails; AssertionError with its status if not."""
+    import time
+
+    from batchroute.jobs import job_status
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = job_status(job_id)
+        if st["state"] in ("completed", "failed"):
+            return st
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s: {job_status(job_id)}")
 
 
 def truncate_pg(url: str) -> None:

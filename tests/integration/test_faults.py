@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import select, text
 
 from batchroute.localcluster import LocalCluster, WorkerProcess
-from tests.conftest import DATA_DIR, apply_settings, truncate_pg
+from tests.conftest import DATA_DIR, apply_settings, truncate_pg, wait_for_job
 from tests.integration.test_pipeline import expected_invalid, write_job
 
 pytestmark = pytest.mark.integration
@@ -165,18 +165,6 @@ def submit(stack: Stack, n: int = N) -> str:
     return report.job_id
 
 
-def wait_for(job_id: str, timeout_s: float = 90) -> dict[str, Any]:
-    from batchroute.jobs import job_status
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        st = job_status(job_id)
-        if st["state"] in ("completed", "failed"):
-            return st
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s: {job_status(job_id)}")
-
-
 def wait_until(what: str, check: Any, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -298,6 +286,21 @@ def assert_every_call_recorded(lg: Ledger, totals: dict[str, int]) -> None:
     assert totals["status_4xx"] == 0 and lg.by_kind.get("ProviderBadRequest", 0) == 0
 
 
+def run_checked(deploy: Stack, name: str, env: dict[str, str]) -> tuple[str, Any, dict[str, int], dict[str, Any]]:
+    """Run a job on provider workers ``name`` (reconciler beat on) and check the invariants every
+    fault test shares: every request has exactly one result and the ledger holds every call the
+    simulator answered. Returns (job id, ledger, simulator totals, final status)."""
+    deploy.providers(name, env)
+    with Beat():
+        job_id = submit(deploy)
+        st = wait_for_job(job_id, timeout_s=90)
+    lg = ledger(job_id)
+    assert_consistent(lg, N)
+    totals = sim_totals(deploy)
+    assert_every_call_recorded(lg, totals)
+    return job_id, lg, totals, st
+
+
 # -- 1. kill -9 of a provider worker -------------------------------------------------------------
 
 
@@ -315,7 +318,7 @@ def test_kill_9_provider_worker_mid_job(deploy: Stack) -> None:
         assert orphaned, "the kill should land while calls are in flight"
         assert done_at_kill < N
         deploy.providers("replacement", env, concurrency=4)
-        wait_for(job_id)
+        wait_for_job(job_id, timeout_s=90)
     lg = ledger(job_id)
     assert_consistent(lg, N)
     # The reconciler found the killed worker's requests in Postgres and re-sent them.
@@ -346,7 +349,7 @@ def test_redis_flushed_mid_job(deploy: Stack) -> None:
         assert client.dbsize() == 0
         lost = q("SELECT count(*) FROM requests WHERE job_id=:j AND state IN ('queued', 'dispatched')", j=job_id)[0][0]
         assert queued_messages > 0 and lost > 0, "the flush should drop queued work"
-        wait_for(job_id)
+        wait_for_job(job_id, timeout_s=90)
     lg = ledger(job_id)
     assert_consistent(lg, N)
     assert beat.requeued_provider + beat.requeued_analyze >= lost
@@ -360,14 +363,7 @@ def test_thirty_percent_5xx_all_succeed_through_retries(deploy: Stack) -> None:
     # 5 attempts x 3 models: a request fails only if 15 calls in a row fail (0.3^15 ~ 1e-8).
     env = deploy.settings(BATCHROUTE_MAX_ATTEMPTS_PER_MODEL="5")
     deploy.sim.configure(rate_5xx=0.3, seed=1234)
-    deploy.providers("flaky", env)
-    with Beat():
-        job_id = submit(deploy)
-        st = wait_for(job_id)
-    lg = ledger(job_id)
-    assert_consistent(lg, N)
-    totals = sim_totals(deploy)
-    assert_every_call_recorded(lg, totals)
+    _, lg, totals, st = run_checked(deploy, "flaky", env)
     assert totals["status_5xx"] > 0.15 * totals["calls"]
     assert lg.by_kind == {"ProviderUnavailable": totals["status_5xx"]}
     assert set(lg.by_http) <= {500, 503, 529}
@@ -385,14 +381,7 @@ def test_provider_down_falls_back_to_another(deploy: Stack) -> None:
     down = "anthropic-sim"  # where the routing sends most of this workload
     models = {m.name for m in get_registry().models if m.provider == down}
     deploy.sim.configure(down_models=models)
-    deploy.providers("down", env)
-    with Beat():
-        job_id = submit(deploy)
-        wait_for(job_id)
-    lg = ledger(job_id)
-    assert_consistent(lg, N)
-    totals = sim_totals(deploy)
-    assert_every_call_recorded(lg, totals)
+    _, lg, totals, _ = run_checked(deploy, "down", env)
     routed_there = {r for r, p in lg.first_providers.items() if p == down}
     assert len(routed_there) > N / 4
     assert down not in set(lg.result_providers.values())
@@ -435,7 +424,7 @@ def test_429_storm_slows_down_and_loses_nothing(deploy: Stack) -> None:
         during = sim_totals(deploy)
         deploy.sim.configure(rate_429=0.0)
         t1 = time.monotonic()
-        wait_for(job_id)
+        wait_for_job(job_id, timeout_s=90)
         after_s = time.monotonic() - t1
     lg = ledger(job_id)
     assert_consistent(lg, N)
@@ -456,14 +445,7 @@ def test_429_storm_slows_down_and_loses_nothing(deploy: Stack) -> None:
 def test_malformed_json_and_hangs_are_clear_errors_then_retried(deploy: Stack) -> None:
     env = deploy.settings(BATCHROUTE_REQUEST_TIMEOUT_S="1")
     deploy.sim.configure(rate_malformed=0.15, rate_hang=0.1, hang_s=5.0, seed=7)
-    deploy.providers("broken", env)
-    with Beat():
-        job_id = submit(deploy)
-        wait_for(job_id)
-    lg = ledger(job_id)
-    assert_consistent(lg, N)
-    totals = sim_totals(deploy)
-    assert_every_call_recorded(lg, totals)
+    job_id, lg, totals, _ = run_checked(deploy, "broken", env)
     assert totals["malformed"] > 0 and totals["hangs"] > 0
     assert lg.by_kind == {"ProviderProtocolError": totals["malformed"], "ProviderTimeout": totals["hangs"]}
     errors = dict(q("SELECT error_kind, min(error) FROM attempts WHERE job_id=:j AND status='error' "

@@ -7,7 +7,6 @@ Runs twice: on the embedded default (SQLite, in-process queues) and on the real 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from batchroute.localcluster import LocalCluster
-from tests.conftest import DATA_DIR, apply_settings, truncate_pg
+from tests.conftest import DATA_DIR, apply_settings, truncate_pg, wait_for_job
 
 N_PROMPTS = 500
 BAD_LINES = [
@@ -134,18 +133,6 @@ def deployment(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str
         apply_settings()
 
 
-def wait_for_job(job_id: str, timeout_s: float = 150) -> dict:
-    from batchroute.jobs import job_status
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        st = job_status(job_id)
-        if st["state"] in ("completed", "failed"):
-            return st
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish: {job_status(job_id)}")
-
-
 @pytest.mark.integration
 def test_pipeline_on_postgres_redis_and_celery_workers(deployment: dict[str, str]) -> None:
     from batchroute.jobs import JobOptions, submit_job
@@ -153,5 +140,5 @@ def test_pipeline_on_postgres_redis_and_celery_workers(deployment: dict[str, str
     src = write_job(Path(deployment["tmp"]) / "job.jsonl")
     report = submit_job(src, JobOptions(latency_class="standard", tags={"team": "search"}))
     assert report.requests == N_PROMPTS
-    wait_for_job(report.job_id)
+    wait_for_job(report.job_id, timeout_s=150)
     assert_job_complete(report.job_id, N_PROMPTS, report.invalid)
