@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from batchroute.jobfile import JobItem, iter_job_lines
+from batchroute.jobfile import OPEN_ERRORS, JobItem, iter_job_lines
 from batchroute.pipeline import route_input
 from batchroute.registry import get_registry
 from batchroute.routing import RoutePolicy, decide, weights_for
@@ -44,7 +44,7 @@ def analyze_file(path: Path, out: IO[str], latency: str = "standard") -> tuple[i
     registry = get_registry()
     lines = bad = 0
     batch: list[JobItem] = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8", errors=OPEN_ERRORS) as fh:
         for item in iter_job_lines(fh, (m.name for m in registry.models), source=str(path)):
             lines += 1
             if isinstance(item, JobItem):

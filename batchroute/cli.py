@@ -225,6 +225,19 @@ def demo(
 
 @app.command()
 @handles_errors
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8600,
+) -> None:
+    """Serve the HTTP producer API (POST /v1/jobs, GET /v1/jobs/ID, GET /v1/jobs/ID/results)."""
+    from batchroute.api import serve as run
+
+    err.print(f"batchroute API on http://{host}:{port} (Ctrl-C stops)", highlight=False)
+    run(host, port)
+
+
+@app.command()
+@handles_errors
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic)."""
     from batchroute.db import migrate as run

@@ -140,6 +140,19 @@ def parse_line(text: str, line: int, known_models: Iterable[str] = (),
                    prompt_tokens_est=estimate_prompt_tokens(messages))
 
 
+# Job files are read with errors="surrogateescape" (see OPEN_ERRORS): a line with bytes that are not
+# UTF-8 keeps them as lone surrogates, which this turns into that line's error instead of failing
+# the whole file.
+OPEN_ERRORS = "surrogateescape"
+
+
+def _check_utf8(text: str, line: int) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"not valid UTF-8 at column {exc.start + 1}", line=line) from exc
+
+
 def iter_job_lines(stream: IO[str], known_models: Iterable[str] = (), ignore_model: bool = False,
                    source: str | None = None) -> Iterator[JobItem | InputError]:
     """Yield a JobItem or an InputError per non-blank line; never loads the whole file."""
@@ -149,6 +162,7 @@ def iter_job_lines(stream: IO[str], known_models: Iterable[str] = (), ignore_mod
         if not text.strip():
             continue
         try:
+            _check_utf8(text, number)
             item = parse_line(text, number, names, ignore_model)
         except InputError as err:
             err.source = source

@@ -22,7 +22,7 @@ from sqlmodel import Session, col
 from batchroute.db import get_engine
 from batchroute.dispatch import Dispatcher, get_dispatcher
 from batchroute.errors import InputError, NotFoundError
-from batchroute.jobfile import JobItem, iter_job_lines
+from batchroute.jobfile import OPEN_ERRORS, JobItem, iter_job_lines
 from batchroute.ledger import REQUESTS, insert_ignore
 from batchroute.planner import Plan, Reservoir, plan_items
 from batchroute.registry import get_registry
@@ -146,7 +146,8 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
         if on_progress:
             on_progress(report)
 
-    stream: IO[str] = open(source, encoding="utf-8") if isinstance(source, (str, Path)) else source  # noqa: SIM115
+    stream: IO[str] = (open(source, encoding="utf-8", errors=OPEN_ERRORS)  # noqa: SIM115 - closed below
+                       if isinstance(source, (str, Path)) else source)
     try:
         for item in iter_job_lines(stream, (m.name for m in registry.models), options.ignore_model, name):
             report.lines += 1
@@ -205,7 +206,7 @@ def plan_file(source: Path | str, options: JobOptions) -> Plan:
     options.validate()
     registry = get_registry()
     sample = Reservoir(get_settings().plan_sample_size)
-    with open(source, encoding="utf-8") as stream:
+    with open(source, encoding="utf-8", errors=OPEN_ERRORS) as stream:
         for item in iter_job_lines(stream, (m.name for m in registry.models), options.ignore_model, str(source)):
             if isinstance(item, JobItem):
                 sample.add(item)

@@ -16,7 +16,7 @@ COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 def test_services_cover_the_deployment():
     services = COMPOSE["services"]
     providers = load_registry().provider_names()
-    expected = {"redis", "postgres", "migrate", "sim-provider", "worker-analyze", "beat",
+    expected = {"redis", "postgres", "migrate", "sim-provider", "api", "worker-analyze", "beat",
                 *(f"worker-{p}" for p in providers)}
     assert expected <= set(services)
     for p in providers:
@@ -38,7 +38,7 @@ def test_every_batchroute_command_exists():
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, f"{name}: {' '.join(cmd)}\n{result.output}"
         checked += 1
-    assert checked >= 7
+    assert checked >= 8
 
 
 def test_compose_env_names_are_settings():

@@ -64,3 +64,15 @@ def test_auto_and_ignore_model():
     assert parse_line(json.dumps({"prompt": "x", "model": "auto"}), 1, MODELS).model is None
     assert parse_line(json.dumps({"prompt": "x", "model": "gpt-9"}), 1, MODELS, ignore_model=True).model is None
     assert parse_line(json.dumps({"prompt": "x"}), 9, MODELS).custom_id == "line-9"
+
+
+def test_a_line_that_is_not_utf8_fails_alone(tmp_path) -> None:
+    from batchroute.jobfile import OPEN_ERRORS, InputError, JobItem, iter_job_lines
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": "caf\xe9 latin-1"}\n'
+                     b'{"id": "c", "prompt": "also fine"}\n')
+    with path.open(encoding="utf-8", errors=OPEN_ERRORS) as fh:
+        items = list(iter_job_lines(fh))
+    assert [type(i) for i in items] == [JobItem, InputError, JobItem]
+    assert items[1].line == 2 and "not valid UTF-8 at column" in str(items[1])
