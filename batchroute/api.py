@@ -58,6 +58,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -
 def _options(query: Any) -> Any:
     """JobOptions from the query string; InputError naming the bad parameter."""
     from batchroute.jobs import JobOptions
+    from batchroute.tags import parse_tags
 
     def number(name: str) -> float | None:
         raw = query.get(name)
@@ -68,14 +69,9 @@ def _options(query: Any) -> Any:
         except ValueError as exc:
             raise InputError(f"not a number: {raw!r}", field=name) from exc
 
-    tags: dict[str, str] = {}
-    for tag in query.getall("tag", []):
-        key, sep, value = tag.partition("=")
-        if not sep or not key:
-            raise InputError(f"tags look like key=value, got {tag!r}", field="tag")
-        tags[key] = value
     return JobOptions(latency_class=query.get("latency", "standard"), tenant=query.get("tenant", "default"),
-                      name=query.get("name"), tags=tags, objective=query.get("objective", "balanced"),
+                      name=query.get("name"), tags=parse_tags(query.getall("tag", [])),
+                      objective=query.get("objective", "balanced"),
                       budget_usd=number("budget"), min_quality=number("min_quality"),
                       allowed_models=query.getall("model", []) or None,
                       ignore_model=query.get("ignore_model", "false").lower() in ("1", "true", "yes"))

@@ -27,7 +27,6 @@ From Python::
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from sqlalchemy import Connection, Table, and_, false, func, or_, select, update
 from batchroute.errors import InputError, NotFoundError
 from batchroute.rollups import ROLLUP, TAG_ITEMS, dialect_insert, ensure_tag_sets, tag_set_id
 from batchroute.tables import Budget, BudgetReservation, Job, JobState, Request, RequestState, utcnow
+from batchroute.tags import check_tags
 
 if TYPE_CHECKING:
     from batchroute.dispatch import Dispatcher
@@ -47,8 +47,6 @@ RESERVATIONS: Table = BudgetReservation.__table__  # type: ignore[attr-defined]
 JOBS: Table = Job.__table__  # type: ignore[attr-defined]
 REQUESTS: Table = Request.__table__  # type: ignore[attr-defined]
 TAG_SCOPE = "tag"
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TAG_RE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(.{0,200})$")
 # Floating-point slack so a budget spent exactly to its limit still admits the last cent.
 EPS_USD = 1e-9
 _IN_CHUNK = 1_000
@@ -125,14 +123,6 @@ def job_budget_name(job_id: str) -> str:
 def tag_budget_name(key: str, value: str) -> str:
     """The budget name of a tag value's limit."""
     return f"tag:{key}={value}"
-
-
-def parse_tag(text: str) -> tuple[str, str]:
-    """``"team=legal"`` -> ``("team", "legal")``; raises InputError saying what is allowed."""
-    m = TAG_RE.match(text)
-    if not m:
-        raise InputError(f"bad tag {text!r}: expected KEY=VALUE, KEY of 1-64 letters, digits, _ . -", field="tag")
-    return m.group(1), m.group(2)
 
 
 # ---- reading budget states ------------------------------------------------------------------------
@@ -386,8 +376,7 @@ def set_tag_budget(key: str, value: str, limit_usd: float, url: str | None = Non
     """Set (or replace) the limit for everything tagged ``key=value``."""
     from batchroute.db import get_engine
 
-    if not TAG_KEY_RE.match(key):
-        raise InputError(f"bad tag key {key!r}: 1-64 letters, digits, _ . -", field="tag")
+    check_tags({key: value})
     if not limit_usd > 0:
         raise InputError("must be positive", field="usd")
     with get_engine(url).begin() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from batchroute.console import err, fail, handles_errors, load_bench, out
 from batchroute.errors import ConfigError, InputError
+from batchroute.tags import parse_tags
 
 app = typer.Typer(help="batchroute: route large LLM workloads to the right model.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -25,19 +25,6 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
 app.add_typer(bench_app, name="bench")
 
-TAG_RE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(.{0,200})$")
-
-
-def parse_tags(tags: list[str]) -> dict[str, str]:
-    """``k=v`` strings to a dict; raises InputError naming the bad tag."""
-    parsed: dict[str, str] = {}
-    for tag in tags:
-        m = TAG_RE.match(tag)
-        if not m:
-            raise InputError(f"bad tag {tag!r}: expected key=value, key of letters, digits, _ . -",
-                             field="tag")
-        parsed[m.group(1)] = m.group(2)
-    return parsed
 
 
 def _print_status(st: dict[str, Any]) -> None:

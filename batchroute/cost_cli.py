@@ -64,7 +64,8 @@ def budget_set(
     job: Annotated[str | None, typer.Option(help="limit this job instead")] = None,
 ) -> None:
     """Set the limit of a tag value (--tag team=legal) or of a job (--job ID)."""
-    from batchroute.budgets import parse_tag, set_job_budget, set_tag_budget
+    from batchroute.budgets import set_job_budget, set_tag_budget
+    from batchroute.tags import parse_tag
 
     if (tag is None) == (job is None):
         raise InputError("give exactly one of --tag KEY=VALUE or --job ID", field="tag")
@@ -100,7 +101,8 @@ def budget_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON
 @handles_errors
 def budget_remove(tag: Annotated[str, typer.Option(help="KEY=VALUE")]) -> None:
     """Remove the limit of a tag value."""
-    from batchroute.budgets import parse_tag, remove_tag_budget
+    from batchroute.budgets import remove_tag_budget
+    from batchroute.tags import parse_tag
 
     key, value = parse_tag(tag)
     if not remove_tag_budget(key, value):

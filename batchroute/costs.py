@@ -32,10 +32,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from batchroute.errors import InputError
 from batchroute.ledger import ATTEMPTS
 from batchroute.rollups import ROLLUP, SUM_COLUMNS, TAG_ITEMS
+from batchroute.tags import TAG_KEY_RE
 
 GROUP_BYS: tuple[str, ...] = ("job", "model", "provider", "tenant", "day", "latency", "domain")
 TAG_PREFIX = "tag:"
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
 METRICS: tuple[str, ...] = (*SUM_COLUMNS, "savings_usd", "savings_pct")

@@ -29,6 +29,7 @@ from batchroute.registry import get_registry
 from batchroute.routing import OBJECTIVES
 from batchroute.settings import get_settings
 from batchroute.tables import Attempt, Job, JobLineError, JobState, Request, RequestState, Result, utcnow
+from batchroute.tags import check_tags
 from batchroute.taxonomy import LATENCY_CLASSES
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
@@ -66,6 +67,7 @@ class JobOptions:
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}",
                              field="objective")
+        check_tags(self.tags)
         if self.budget_usd is not None and self.budget_usd <= 0:
             raise InputError("must be positive", field="budget")
         if self.min_quality is not None and not 0 < self.min_quality <= 1:

@@ -9,10 +9,11 @@ from datetime import date
 
 import pytest
 
-from batchroute.budgets import Ask, BudgetState, admit, fits, parse_tag
+from batchroute.budgets import Ask, BudgetState, admit, fits
 from batchroute.costs import GroupBy, parse_day, parse_group_by, render_report
 from batchroute.errors import InputError
 from batchroute.rollups import tag_set_id
+from batchroute.tags import parse_tag
 
 
 def test_group_by_whitelist_and_tags() -> None:
