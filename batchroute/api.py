@@ -82,7 +82,6 @@ async def submit(request: web.Request) -> web.Response:
     from batchroute.dispatch import get_dispatcher
     from batchroute.jobfile import OPEN_ERRORS
     from batchroute.jobs import submit_job
-    from batchroute.settings import get_settings
 
     options = _options(request.query)
     options.validate()
@@ -97,8 +96,8 @@ async def submit(request: web.Request) -> web.Response:
         # Submitted as a stream: line errors then name the line, not this temporary file.
         with path.open(encoding="utf-8", errors=OPEN_ERRORS) as stream:
             report = await asyncio.to_thread(submit_job, stream, options, job_id=job_id)
-        if get_settings().embedded:  # in-process queues: the job runs here
-            await asyncio.to_thread(get_dispatcher().drain)
+        # In-process queues (the embedded default) run the job here; a real broker's drain is a no-op.
+        await asyncio.to_thread(get_dispatcher().drain)
     return web.json_response({"job_id": report.job_id, "lines": report.lines, "requests": report.requests,
                               "invalid": report.invalid, "errors": report.errors}, status=201)
 

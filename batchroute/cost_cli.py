@@ -121,11 +121,9 @@ def resume(
 
     from batchroute.budgets import resume_job
     from batchroute.dispatch import get_dispatcher
-    from batchroute.settings import get_settings
 
     report = resume_job(job_id, new_budget_usd=budget)
-    if get_settings().embedded:
-        get_dispatcher().drain()
+    get_dispatcher().drain()  # runs the job in-process on the embedded default; no-op on a broker
     if as_json:
         out.print_json(data=asdict(report))
         return

@@ -71,9 +71,9 @@ def sync_feedback(analyzer: Analyzer, force: bool = False) -> int:
     Cheap to call before every chunk: it checks at most every ``SYNC_EVERY_S`` unless ``force``.
     """
     now = time.monotonic()
-    if not force and now - getattr(analyzer, "_feedback_checked", 0.0) < SYNC_EVERY_S:
+    if not force and now - analyzer.feedback_checked_at < SYNC_EVERY_S:
         return 0
-    analyzer._feedback_checked = now  # type: ignore[attr-defined]
+    analyzer.feedback_checked_at = now
     added = 0
     with get_engine().connect() as conn:
         while True:
@@ -93,8 +93,8 @@ def sync_feedback(analyzer: Analyzer, force: bool = False) -> int:
 
 def _sync_loaded_analyzer() -> None:
     """Let this process's analyzer (if it is loaded) use the new feedback right away."""
-    from batchroute import analyzer as analyzer_pkg
+    from batchroute.analyzer import loaded_analyzer
 
-    loaded = analyzer_pkg._SINGLETON
+    loaded = loaded_analyzer()
     if loaded is not None:
         sync_feedback(loaded, force=True)

@@ -193,9 +193,7 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
 
 def plan_job(job_id: str, items: list[JobItem], requests: int, options: JobOptions) -> Plan:
     """Plan the job's λ from a sample of its lines and store the plan on the job row."""
-    plan = plan_items(items, requests, get_registry(), latency_class=options.latency_class,
-                      objective=options.objective, budget_usd=options.budget_usd,
-                      min_quality=options.min_quality, allowed_models=options.allowed_models)
+    plan = _plan(items, requests, options)
     with get_engine().begin() as conn:
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
             cost_weight=plan.chosen.cost_weight, predicted_cost_usd=plan.chosen.cost_usd,
@@ -214,7 +212,11 @@ def plan_file(source: Path | str, options: JobOptions) -> Plan:
                 sample.add(item)
     if not sample.seen:
         raise InputError("no valid lines to plan", field="file")
-    return plan_items(sample.items, sample.seen, registry, latency_class=options.latency_class,
+    return _plan(sample.items, sample.seen, options)
+
+
+def _plan(items: list[JobItem], requests: int, options: JobOptions) -> Plan:
+    return plan_items(items, requests, get_registry(), latency_class=options.latency_class,
                       objective=options.objective, budget_usd=options.budget_usd,
                       min_quality=options.min_quality, allowed_models=options.allowed_models)
 

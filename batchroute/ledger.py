@@ -261,19 +261,6 @@ def record_failure(request_id: str, error: str, state: str = RequestState.FAILED
     return op
 
 
-def mark_running(request_ids: Sequence[str]) -> Op:
-    """Mark dispatched requests as running (and refresh their reconciler clock)."""
-
-    def op(conn: Connection) -> int:
-        res = conn.execute(update(REQUESTS)
-                           .where(REQUESTS.c.id.in_(list(request_ids)),
-                                  REQUESTS.c.state.in_((RequestState.DISPATCHED, RequestState.RUNNING)))
-                           .values(state=RequestState.RUNNING, updated_at=utcnow()))
-        return int(res.rowcount or 0)
-
-    return op
-
-
 def record_reroute(request_id: str, job_id: str, seq: int, model: str | None, provider: str | None,
                    reason: str, detail: dict[str, Any]) -> Op:
     """Store a fallback decision and point the request at its new model (state dispatched)."""

@@ -56,11 +56,6 @@ class Runtime:
         """Run ``coro`` on the runtime loop and wait for it (never call from the loop thread)."""
         return self.submit(coro).result(timeout_s)
 
-    @property
-    def on_loop(self) -> bool:
-        """True when the caller runs on the runtime loop's thread."""
-        return threading.current_thread() is self._thread
-
     async def session(self) -> aiohttp.ClientSession:
         """The shared aiohttp session (created on first use, on the loop)."""
         if self._session is None:

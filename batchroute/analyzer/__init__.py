@@ -52,6 +52,7 @@ __all__ = [
     "extract_features",
     "get_analyzer",
     "index_paths",
+    "loaded_analyzer",
     "prepare_text",
     "reset_analyzer",
 ]
@@ -139,6 +140,7 @@ class Analyzer:
         self.axes = {axis: AxisModel(len(names), k, temperature) for axis, names in AXES.items()}
         self.fit_report: dict[str, dict[str, float]] = {}
         self.feedback_seen = 0  # highest feedback row id already added (see batchroute.feedback)
+        self.feedback_checked_at = 0.0  # time.monotonic() of the last look for new feedback
         # Searches and additions to the index (feedback) may come from different threads.
         self._index_lock = threading.RLock()
         self.fit()
@@ -278,6 +280,11 @@ def index_paths() -> list[Path]:
     if settings.user_exemplar_dir.is_dir():
         paths.append(settings.user_exemplar_dir)
     return paths
+
+
+def loaded_analyzer() -> Analyzer | None:
+    """The process-wide analyzer if it is already built, else None (never builds it)."""
+    return _SINGLETON
 
 
 def reset_analyzer() -> None:
