@@ -50,6 +50,7 @@ from batchroute.analyzer import (  # noqa: E402
     ExemplarIndex,
 )
 from batchroute.analyzer.embedder import encode_plain  # noqa: E402
+from batchroute.evaluation.labels import iter_jsonl  # noqa: E402
 from batchroute.taxonomy import DOMAINS  # noqa: E402
 
 DEMO_DIR = ROOT / "batchroute" / "data" / "demo"
@@ -61,11 +62,7 @@ def read_jsonl(paths: Sequence[Path], limit_per_file: int | None = None) -> list
     rows: list[dict[str, Any]] = []
     for path in paths:
         got: list[dict[str, Any]] = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
+        for _, r in iter_jsonl(path):
             if isinstance(r, dict) and isinstance(r.get("prompt"), str) and r.get("domain") in DOMAINS:
                 r["_file"] = path.name
                 got.append(r)

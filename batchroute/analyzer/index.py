@@ -164,7 +164,7 @@ def read_rows(files: Sequence[tuple[Path, bytes | None]]) -> tuple[list[Exemplar
         try:
             if data is None:
                 raise OSError("cannot be read")
-            lines = data.decode("utf-8").splitlines()
+            lines = data.decode("utf-8").split("\n")  # not splitlines: prompts hold U+2028, U+0085
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{path}: unreadable: {exc}")
             continue

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +113,17 @@ def test_importing_the_analyzer_does_not_load_torch() -> None:
             "print('torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_exemplar_reader_keeps_prompts_with_unicode_line_separators(tmp_path: Path) -> None:
+    # U+2028 / U+0085 are line breaks for str.splitlines but legal inside a JSON string.
+    from batchroute.analyzer.index import read_files, read_rows
+
+    path = tmp_path / "ex.jsonl"
+    rows = [{"id": "a", "prompt": "first\u2028second", "domain": "math"},
+            {"id": "b", "prompt": "x\x85y", "domain": "code"}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    exemplars, prompts, problems = read_rows(read_files([path]))
+    assert problems == []
+    assert [e.id for e in exemplars] == ["a", "b"]
+    assert prompts == ["first\u2028second", "x\x85y"]
