@@ -9,7 +9,9 @@ Measures (nothing measured here is ever added to the index):
 
 * label accuracy on the demo workload (``batchroute/data/demo/*.jsonl``) and on the labeled real
   prompts of ``../shared/data/prompts`` (rows with a ``domain``; ``*_train`` files skipped);
-  domain macro-F1 is over the domains present in the truth of each set;
+  domain macro-F1 is over the domains present in the truth of each set; each source file is
+  analysed as one job, in chunks of ``--chunk`` prompts as the analyze stage does (so the
+  per-batch label-prior adaptation sees what it would see in production);
 * the same with full-length fp32 embeddings (no preparation, no quantisation) for comparison;
 * a reliability table of the domain confidence (mean confidence vs accuracy per bin, ECE);
 * throughput of ``Analyzer.analyze`` (cold embedding cache, model already loaded) on a mixed
@@ -27,6 +29,7 @@ import argparse
 import itertools
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -125,6 +128,24 @@ def evaluate(analyses: Sequence[Analysis], rows: Sequence[dict[str, Any]]) -> di
     return out
 
 
+def analyze_as_jobs(analyzer: Analyzer, rows: Sequence[dict[str, Any]], chunk: int) -> list[Analysis]:
+    """Analyses of ``rows`` as the pipeline makes them: each source file is one job, analysed in
+    chunks of ``chunk`` prompts (the analyze stage's message size), in a fixed shuffled order so
+    a file sorted by category does not hand the label-prior adaptation ready-made chunks."""
+    out: list[Analysis | None] = [None] * len(rows)
+    by_file: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_file.setdefault(r["_file"], []).append(i)
+    rng = random.Random(0)
+    for ix in by_file.values():
+        rng.shuffle(ix)
+        for s in range(0, len(ix), chunk):
+            part = ix[s:s + chunk]
+            for i, a in zip(part, analyzer.analyze([rows[i]["prompt"] for i in part]), strict=True):
+                out[i] = a
+    return [a for a in out if a is not None]
+
+
 def mixed_batch(shared: Sequence[dict[str, Any]], demo: Sequence[dict[str, Any]], n: int) -> list[str]:
     """``n`` distinct prompts, a third of them 200+ words, the rest shorter, from both sets."""
     pool = list(dict.fromkeys([r["prompt"] for r in demo] + [r["prompt"] for r in shared]))
@@ -161,6 +182,10 @@ def main() -> None:
     ap.add_argument("--throughput-only", action="store_true", help="skip the accuracy runs")
     ap.add_argument("--k", type=int, default=15)
     ap.add_argument("--temperature", type=float, default=0.05)
+    ap.add_argument("--chunk", type=int, default=200,
+                    help="prompts per analyze call in the accuracy runs (the pipeline's analyze chunk size)")
+    ap.add_argument("--no-prior-adaptation", action="store_true",
+                    help="keep the balanced domain prior (no per-batch EM adaptation)")
     args = ap.parse_args()
 
     from batchroute.analyzer.embedder import PrepConfig
@@ -175,7 +200,8 @@ def main() -> None:
     demo = read_jsonl(sorted(DEMO_DIR.glob("*.jsonl")))
     report: dict[str, Any] = {"prompts": {"demo": len(demo), "shared": len(shared)},
                               "config": {"prep": prep.key(), "quantize": not args.fp32,
-                                         "k": args.k, "temperature": args.temperature}}
+                                         "k": args.k, "temperature": args.temperature,
+                                         "chunk": args.chunk, "prior_adaptation": not args.no_prior_adaptation}}
 
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "index"
@@ -183,7 +209,8 @@ def main() -> None:
                         cache_dir=args.embed_cache)
         t0 = time.perf_counter()
         analyzer = Analyzer(ExemplarIndex.load_or_build(args.exemplars, fast, cache_dir), fast,
-                            k=args.k, temperature=args.temperature)
+                            k=args.k, temperature=args.temperature,
+                            adapt_domain_prior=not args.no_prior_adaptation)
         report["index_build_s"] = round(time.perf_counter() - t0, 2)
         report["exemplars"] = len(analyzer.index)
         report["exemplar_problems"] = analyzer.index.problems[:20]
@@ -252,18 +279,19 @@ def main() -> None:
         results: dict[str, Any] = {}
         for name, rows in (("demo", demo), ("shared", shared)):
             if rows:
-                results[name] = evaluate(analyzer.analyze([r["prompt"] for r in rows]), rows)
+                results[name] = evaluate(analyze_as_jobs(analyzer, rows, args.chunk), rows)
         report["fast"] = results
 
         if not args.no_full_length:
             full = Embedder(prep=FULL_LENGTH, quantize=False, batch_size=args.batch_size,
                             cache_dir=args.embed_cache)
             full_an = Analyzer(ExemplarIndex.load_or_build(args.exemplars, full, cache_dir), full,
-                               k=args.k, temperature=args.temperature)
+                               k=args.k, temperature=args.temperature,
+                               adapt_domain_prior=not args.no_prior_adaptation)
             full_results: dict[str, Any] = {}
             for name, rows in (("demo", demo), ("shared", shared)):
                 if rows:
-                    full_results[name] = evaluate(full_an.analyze([r["prompt"] for r in rows]), rows)
+                    full_results[name] = evaluate(analyze_as_jobs(full_an, rows, args.chunk), rows)
             report["full_length"] = full_results
 
     shared_res = results.get("shared", {})

@@ -36,6 +36,7 @@ from batchroute.analyzer.embedder import FULL_LENGTH, Embedder, PrepConfig, prep
 from batchroute.analyzer.features import FEATURE_NAMES, extract_features
 from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex
 from batchroute.analyzer.labels import AxisModel
+from batchroute.analyzer.priors import MIN_BATCH, adapt_priors
 from batchroute.errors import AnalyzerError
 from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
 
@@ -77,7 +78,9 @@ class Neighbour:
 class Analysis:
     """What the analyzer knows about one prompt.
 
-    ``confidence`` is the calibrated probability of ``domain``; ``outcome_stats`` maps a model
+    ``confidence`` is the calibrated probability of ``domain``; ``prior_adapted`` says the domain
+    probabilities were re-weighted to the label mix of the batch the prompt came in (see
+    :mod:`batchroute.analyzer.priors`); ``outcome_stats`` maps a model
     to ``(similarity-weighted score sum, weight sum, neighbour count)`` over nearby exemplars
     that carry outcomes for it (empty when none do).
     """
@@ -92,6 +95,7 @@ class Analysis:
     neighbours: list[Neighbour]
     features: dict[str, float]
     outcome_stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    prior_adapted: bool = False
 
     def predicted_quality(self, model_name: str, prior: float, strength: float = 5.0) -> float:
         """Expected score of ``model_name`` on this prompt, in [0, 1].
@@ -121,11 +125,14 @@ class Analyzer:
         temperature: softness of the vote weights ``exp((sim - best) / temperature)``.
         outcome_k: neighbours carrying outcomes used for predicted quality.
         min_outcome_sim: outcome neighbours below this similarity are ignored.
+        adapt_domain_prior: re-weight the domain probabilities of every ``analyze`` call of at
+            least ``MIN_BATCH`` prompts to that batch's own label mix (EM; see
+            :mod:`batchroute.analyzer.priors`). A batch of one is never adapted.
     """
 
     def __init__(self, index: ExemplarIndex, embedder: Embedder, *, k: int = 15,
                  temperature: float = 0.05, outcome_k: int = 20,
-                 min_outcome_sim: float = 0.3) -> None:
+                 min_outcome_sim: float = 0.3, adapt_domain_prior: bool = True) -> None:
         if not len(index):
             raise AnalyzerError(
                 "the exemplar index is empty: no usable exemplar lines were found"
@@ -137,6 +144,7 @@ class Analyzer:
         self.k = k
         self.outcome_k = outcome_k
         self.min_outcome_sim = min_outcome_sim
+        self.adapt_domain_prior = adapt_domain_prior
         self.axes = {axis: AxisModel(len(names), k, temperature) for axis, names in AXES.items()}
         self.fit_report: dict[str, dict[str, float]] = {}
         self.feedback_seen = 0  # highest feedback row id already added (see batchroute.feedback)
@@ -197,6 +205,9 @@ class Analyzer:
             neighbours = [[self._neighbour(int(j), float(sim))
                            for sim, j in zip(sims[i, :N_NEIGHBOURS], idx[i, :N_NEIGHBOURS], strict=True)
                            if j >= 0] for i in range(len(prompts))]
+        adapted = self.adapt_domain_prior and len(prompts) >= MIN_BATCH
+        if adapted:
+            probs["domain"], _ = adapt_priors(probs["domain"])
         out: list[Analysis] = []
         for i in range(len(prompts)):
             d, c, s = (probs[a][i] for a in ("domain", "complexity", "style"))
@@ -206,7 +217,8 @@ class Analyzer:
                 confidence=float(d[di]), complexity_confidence=float(c[ci]),
                 style_confidence=float(s[si]),
                 domain_probs={name: float(p) for name, p in zip(DOMAINS, d, strict=True)},
-                neighbours=neighbours[i], features=feats[i], outcome_stats=outcome[i]))
+                neighbours=neighbours[i], features=feats[i], outcome_stats=outcome[i],
+                prior_adapted=adapted))
         return out
 
     def _neighbour(self, row: int, sim: float) -> Neighbour:
