@@ -9,12 +9,19 @@ Use::
 Input lines are ``{"id"?, "prompt", "domain"?, "complexity"?, "style"?}``; a label that is
 missing or ``null`` is skipped for that axis only. A label outside TAXONOMY.md is an error
 (an :class:`~batchroute.errors.InputError` naming the line), so typos never count as misses.
+
+Each file is analysed as the pipeline would analyse it as one job: in chunks of the analyze
+stage's message size (``BATCHROUTE_ANALYZE_CHUNK_SIZE``), in a fixed shuffled order, because
+the analyzer adapts its domain prior to the label mix of each batch it is given
+(:mod:`batchroute.analyzer.priors`); analysing every file in one call would adapt to the mix
+of all files together, which no job sees.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -83,13 +90,38 @@ def _exemplar_hashes(paths: Sequence[Path]) -> set[str]:
     return out
 
 
+def analyze_as_jobs(analyzer: Analyzer, rows: Sequence[dict[str, Any]], chunk: int,
+                    seed: int = 0) -> list[Any]:
+    """One analysis per row (in order), made as the analyze stage makes them.
+
+    Rows are grouped by their ``_file`` (one job per file), shuffled with ``seed`` (a file
+    sorted by category must not hand the analyzer ready-made single-label chunks) and analysed
+    ``chunk`` prompts per call.
+    """
+    out: list[Any] = [None] * len(rows)
+    by_file: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_file.setdefault(str(r.get("_file", "")), []).append(i)
+    rng = random.Random(seed)
+    for ix in by_file.values():
+        rng.shuffle(ix)
+        for start in range(0, len(ix), chunk):
+            part = ix[start:start + chunk]
+            for i, a in zip(part, analyzer.analyze([rows[i]["prompt"] for i in part]), strict=True):
+                out[i] = a
+    return out
+
+
 def eval_labels(path: Path | str | Sequence[Path | str], analyzer: Analyzer | None = None, *,
-                exemplar_paths: Sequence[Path] | None = None, per_file: bool = True) -> dict[str, Any]:
+                exemplar_paths: Sequence[Path] | None = None, per_file: bool = True,
+                chunk: int | None = None) -> dict[str, Any]:
     """Run the analyzer on labeled prompts and score its labels per axis.
 
     Args:
         path: a labeled JSONL file, or several (scored together, and per file with ``per_file``).
         analyzer: the analyzer to evaluate; default :func:`batchroute.analyzer.get_analyzer`.
+        chunk: prompts per analyze call (default: the analyze stage's chunk size); each file
+            is one job (see the module docstring).
         exemplar_paths: exemplar files the analyzer was built from, to count evaluation prompts
             that are also exemplars (a number measured on them is not a result); default the
             bundled exemplars when ``analyzer`` is None.
@@ -108,8 +140,12 @@ def eval_labels(path: Path | str | Sequence[Path | str], analyzer: Analyzer | No
         analyzer = get_analyzer()
         if exemplar_paths is None:
             exemplar_paths = [BUNDLED_EXEMPLARS]
+    if chunk is None:
+        from batchroute.settings import get_settings
+
+        chunk = get_settings().analyze_chunk_size
     t0 = time.perf_counter()
-    analyses = analyzer.analyze([r["prompt"] for r in rows]) if rows else []
+    analyses = analyze_as_jobs(analyzer, rows, chunk)
     seconds = time.perf_counter() - t0
     report: dict[str, Any] = {"files": [p.name for p in paths], "rows": len(rows), "axes": {},
                               "seconds": round(seconds, 2),
@@ -143,4 +179,4 @@ def _score_axes(rows: Sequence[dict[str, Any]], analyses: Sequence[Any]) -> dict
     return out
 
 
-__all__ = ["LABEL_AXES", "eval_labels", "prompt_hash", "read_labeled"]
+__all__ = ["LABEL_AXES", "analyze_as_jobs", "eval_labels", "prompt_hash", "read_labeled"]
