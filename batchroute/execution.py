@@ -4,7 +4,8 @@ Every request of a chunk runs as its own coroutine on the process's runtime loop
 process keeps ``concurrency x chunk size`` calls in flight. Per request:
 
 1. wait for shared rate-limit capacity (pre-charging prompt + expected output tokens);
-2. call the model; write an attempt row (tokens, price in force, cost, latency, status);
+2. call the model; write an attempt row (tokens, price in force, cost, latency, status) and report
+   the outcome to the profiler (live latency and error rates, read by the analyze stage);
 3. on a retryable failure, back off (full jitter, honouring ``retry-after``) and try again, up to
    ``max_attempts_per_model``; a 429 also lowers the shared rate (AIMD);
 4. when a model is exhausted or its circuit breaker is open, re-route to the next-best eligible
@@ -60,7 +61,8 @@ from batchroute.ledger import (
     write_attempts,
 )
 from batchroute.pipeline import policy_for
-from batchroute.pricing import PriceSnapshot
+from batchroute.pricing import PriceSnapshot, expected_latency_ms
+from batchroute.profiler import get_profiler, outcome_of
 from batchroute.providers import ChatRequest, ChatResponse, client_for
 from batchroute.ratelimit import LimitKey, RateLimiter, Reservation, limit_keys_for
 from batchroute.registry import ModelSpec, Registry, get_registry
@@ -441,6 +443,9 @@ async def _try_model(rt: Runtime, w: Work, model: ModelSpec, registry: Registry)
     # Providers count prompt + max_tokens against tpm before the call; pre-charge the same.
     est_tokens = req.prompt_tokens_est + max_tokens
     client = client_for(model, await rt.session(), await rt.sim_url())
+    profiler = get_profiler()
+    # What the router expected for this call: the profiler's latency ratio is relative to it.
+    expected_ms = expected_latency_ms(model, req.style, req.max_tokens)
     last = ""
     for i in range(settings.max_attempts_per_model):
         if not (rt.breaker.allow(model.name) and rt.breaker.allow(model.provider)):
@@ -460,6 +465,8 @@ async def _try_model(rt: Runtime, w: Work, model: ModelSpec, registry: Registry)
             if _counts_against_health(err):
                 rt.breaker.record_failure(model.name)
                 rt.breaker.record_failure(model.provider)
+            if (kind := outcome_of(err)) is not None:
+                profiler.observe(model.name, kind)
             await call_writer(rt).write(_attempt_row(w, model, attempt_id, req.attempts, prices, started, None, err))
             last = f"{err.kind} {err.status or ''}".strip()
             if isinstance(err, ProviderRateLimited):
@@ -478,6 +485,7 @@ async def _try_model(rt: Runtime, w: Work, model: ModelSpec, registry: Registry)
                                                                                       resp.completion_tokens)))
         rt.breaker.record_success(model.name)
         rt.breaker.record_success(model.provider)
+        profiler.observe(model.name, "ok", resp.latency_ms, expected_ms)
         if resp.rate_limit is not None:
             rl = resp.rate_limit
             # Response headers describe the model's own budget.
@@ -498,7 +506,9 @@ async def _reroute(rt: Runtime, w: Work, registry: Registry, tried: set[str], wh
                      max_tokens=req.max_tokens)
     unhealthy = frozenset(m.name for m in registry.models if rt.breaker.state(m.name) == "open")
     unhealthy |= frozenset(p for p in registry.provider_names() if rt.breaker.state(p) == "open")
-    decision = decide(inp, registry, policy_for(w.job, req, frozenset(tried), unhealthy))
+    # The snapshot is cached per process; a refresh reads the store off the loop.
+    live = await asyncio.to_thread(get_profiler().snapshot, [m.name for m in registry.models])
+    decision = decide(inp, registry, policy_for(w.job, req, frozenset(tried), unhealthy, live))
     reason = f"fallback after {why}: " + decision.reason
     await write(rt, _reroute_op(req.id, req.job_id, len(w.past_models), decision.model, decision.provider,
                                       reason, decision.to_dict(), keep_running=decision.provider == current.provider))

@@ -51,11 +51,28 @@ def render_explanation(data: dict[str, Any], console: Console) -> None:
         for n in det.get("neighbours", []):
             console.print(f"  neighbour {n['id']} sim {n['similarity']:.3f}: {n['domain']}/{n['complexity']}",
                           highlight=False)
-        t = Table("model", "quality", "cost $", "latency ms", "score", "excluded")
+        t = Table("model", "quality", "prior", "cost $", "latency ms", "live", "score", "excluded")
         for c in det.get("candidates", []):
-            t.add_row(c["model"], f"{c['quality']:.3f}", f"{c['cost_usd']:.6f}", f"{c['latency_ms']:.0f}",
+            t.add_row(c["model"], f"{c['quality']:.3f}", _prior_cell(c), f"{c['cost_usd']:.6f}",
+                      f"{c['latency_ms']:.0f}", _live_cell(c),
                       "-" if c["score"] is None else f"{c['score']:.4f}", c["excluded"] or "")
         console.print(t)
     for a in data["attempts"]:
         console.print(f"attempt {a['attempt_no']} {a['model']}: {a['status']} {a['http_status'] or ''} "
                       f"{a['error_kind'] or ''} {a['latency_ms']} ms ${a['cost_usd']:.6f}", highlight=False)
+
+
+def _prior_cell(c: dict[str, Any]) -> str:
+    # Decisions stored before priors were recorded have no prior fields.
+    if c.get("prior") is None:
+        return "-"
+    if c.get("feedback_n"):
+        return f"{c['prior']:.3f} (registry {c['registry_prior']:.3f}, {c['feedback_n']} feedback)"
+    return f"{c['prior']:.3f}"
+
+
+def _live_cell(c: dict[str, Any]) -> str:
+    if c.get("live_latency_ratio") is None:
+        return "-"
+    return (f"x{c['live_latency_ratio']:.2f} of {c['expected_latency_ms']:.0f} ms, "
+            f"err {c['live_error_rate']:.2f} / {c['live_calls']:.0f} calls")

@@ -1,15 +1,17 @@
 """The analyze stage: label a chunk of queued requests, route each one, store why, dispatch.
 
 Runs in the ``analyze`` worker (or in-process in the embedded default). Idempotent: only requests
-still ``queued`` are taken, so a redelivered chunk does nothing twice.
+still ``queued`` are taken, so a redelivered chunk does nothing twice. Each chunk routes with the
+feedback learned so far (index and priors, :mod:`batchroute.feedback`) and the profiler's live
+figures (:mod:`batchroute.profiler`, a snapshot cached a few seconds per process).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session, col
@@ -17,35 +19,42 @@ from sqlmodel import Session, col
 from batchroute.budgets import admit_chunk
 from batchroute.db import get_engine
 from batchroute.dispatch import Dispatcher
-from batchroute.feedback import sync_feedback
+from batchroute.feedback import FeedbackPriors, feedback_priors, quality_terms, sync_feedback
 from batchroute.ledger import DECISIONS, REQUESTS, insert_ignore
+from batchroute.profiler import get_profiler
 from batchroute.registry import Registry, get_registry
 from batchroute.routing import Decision, RouteInput, RoutePolicy, decide, weights_for
 from batchroute.settings import get_settings
 from batchroute.tables import Job, JobState, Request, RequestState, utcnow
 
+if TYPE_CHECKING:
+    from batchroute.profiler.stats import LiveModel
+
 log = logging.getLogger(__name__)
 
 
 def policy_for(job: Job, request: Request, tried: frozenset[str] = frozenset(),
-               unhealthy: frozenset[str] = frozenset()) -> RoutePolicy:
-    """The routing policy of one request of ``job``."""
+               unhealthy: frozenset[str] = frozenset(),
+               live: Mapping[str, LiveModel] | None = None) -> RoutePolicy:
+    """The routing policy of one request of ``job`` (``live``: the profiler's snapshot, if any)."""
     latency = request.latency_class or job.latency_class
     lam, mu = weights_for(latency, job.objective, job.cost_weight)
     return RoutePolicy(cost_weight=lam, latency_weight=mu,
                        allowed=frozenset(job.allowed_models) if job.allowed_models else None,
-                       pinned=request.pinned_model, tried=tried, unhealthy=unhealthy)
+                       pinned=request.pinned_model, tried=tried, unhealthy=unhealthy, live=live or {})
 
 
-def route_input(request: Request, analysis: Any, registry: Registry) -> RouteInput:
-    """The router's view of a request given its analysis (labels + outcome-aware quality)."""
-    predicted = {m.name: analysis.predicted_quality(m.name, m.prior_quality(analysis.domain,
-                                                                           analysis.complexity))
-                 for m in registry.models}
+def route_input(request: Request, analysis: Any, registry: Registry,
+                priors: FeedbackPriors | None = None) -> RouteInput:
+    """The router's view of a request given its analysis (labels + outcome-aware quality).
+
+    ``priors``: feedback-moved priors (the analyze stage passes its analyzer's); None = registry priors.
+    """
+    predicted, terms = quality_terms(analysis, registry, priors)
     return RouteInput(domain=analysis.domain, complexity=analysis.complexity, style=analysis.style,
                       confidence=analysis.confidence, prompt_tokens=request.prompt_tokens_est,
                       latency_class=request.latency_class, max_tokens=request.max_tokens,
-                      predicted_quality=predicted)
+                      predicted_quality=predicted, priors=terms)
 
 
 def decision_detail(analysis: Any, decision: Decision) -> dict[str, Any]:
@@ -79,10 +88,12 @@ def analyze_chunk(request_ids: Sequence[str], dispatcher: Dispatcher) -> dict[st
             col(Job.id).in_({r.job_id for r in requests}))).scalars()}
     analyzer = get_analyzer()
     sync_feedback(analyzer)
+    priors = feedback_priors(analyzer)
+    live = get_profiler().snapshot(m.name for m in registry.models)
     analyses = analyzer.analyze([r.prompt for r in requests])
 
-    routed = [(req, analysis, decide(route_input(req, analysis, registry), registry,
-                                     policy_for(jobs[req.job_id], req)))
+    routed = [(req, analysis, decide(route_input(req, analysis, registry, priors), registry,
+                                     policy_for(jobs[req.job_id], req, live=live)))
               for req, analysis in zip(requests, analyses, strict=True)]
     updates: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []

@@ -12,8 +12,9 @@ quality; then it picks the point that meets the goal:
 - both: the cheapest point meeting both, else the best quality within the budget;
 - neither: the λ of the job's latency class and objective (the curve is still reported).
 
-The sample calibrates λ for this job's own mix of prompts, not a global threshold. Everything here
-but :func:`plan_items` is pure.
+The sample calibrates λ for this job's own mix of prompts, not a global threshold. The sample is
+routed with what the analyze stage would use: feedback-moved priors and the profiler's live
+figures. Everything here but :func:`plan_items` is pure.
 """
 
 from __future__ import annotations
@@ -192,24 +193,30 @@ def plan_items(items: Sequence[JobItem], requests: int, registry: Registry, *, l
                min_quality: float | None = None, allowed_models: Sequence[str] | None = None) -> Plan:
     """Plan a job from a sample of its valid lines (``items``) out of ``requests`` in all.
 
-    Loads the analyzer (the embedding model) in this process on first use.
+    Loads the analyzer (the embedding model) in this process on first use, learns the feedback
+    recorded so far and reads the profiler's live figures, like the analyze stage.
     """
     from batchroute.analyzer import get_analyzer
+    from batchroute.feedback import feedback_priors, quality_terms, sync_feedback
+    from batchroute.profiler import get_profiler
 
     models = [m.name for m in registry.models]
     strongest = registry.strongest()
     default_lam, mu = weights_for(latency_class, objective)
-    analyses = get_analyzer().analyze([it.prompt for it in items]) if items else []
+    analyzer = get_analyzer()
+    sync_feedback(analyzer)
+    priors = feedback_priors(analyzer)
+    live = get_profiler().snapshot(models)
+    analyses = analyzer.analyze([it.prompt for it in items]) if items else []
     allowed = frozenset(allowed_models) if allowed_models else None
     decisions = []
     for it, a in zip(items, analyses, strict=True):
-        predicted = {m.name: a.predicted_quality(m.name, m.prior_quality(a.domain, a.complexity))
-                     for m in registry.models}
+        predicted, prior_terms = quality_terms(a, registry, priors)
         inp = RouteInput(domain=a.domain, complexity=a.complexity, style=a.style, confidence=a.confidence,
                          prompt_tokens=it.prompt_tokens_est, latency_class=it.latency_class or latency_class,
-                         max_tokens=it.max_tokens, predicted_quality=predicted)
+                         max_tokens=it.max_tokens, predicted_quality=predicted, priors=prior_terms)
         decisions.append(decide(inp, registry, RoutePolicy(cost_weight=0.0, latency_weight=mu,
-                                                           allowed=allowed, pinned=it.model)))
+                                                           allowed=allowed, pinned=it.model, live=live)))
     terms = terms_from_decisions(decisions, models)
     scale = requests / len(items) if items else 0.0
     j = models.index(strongest.name)

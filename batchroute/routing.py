@@ -5,11 +5,21 @@ For each eligible model::
     score = quality - cost_weight * cost / max_cost - latency_weight * latency / max_latency
 
 where ``quality`` is the analyzer's predicted quality of the model on this prompt (outcome-aware
-when exemplars carry outcomes, else the registry prior for the domain and complexity), and cost and
-latency are normalised by the most expensive / slowest eligible candidate so the weights are
-comparable across prompts. Weights come from the latency class and the job's objective.
+when exemplars carry outcomes, shrunk toward the model's prior for the domain and complexity: the
+registry's, moved by feedback, see :class:`PriorTerm`), and cost and latency are normalised by the
+most expensive / slowest eligible candidate so the weights are comparable across prompts. Weights
+come from the latency class and the job's objective.
+
+Latency is the registry's expectation for this prompt times the model's live factor from the
+profiler (:class:`batchroute.profiler.LiveModel`): the observed/expected latency ratio, divided by
+``1 - error rate`` (failed attempts are retried). A model without enough recent data has factor 1,
+so every candidate's latency is in the same unit: what the registry expects, corrected by what
+was seen.
+
 A model is excluded (with the reason recorded) when the prompt does not fit its context window,
-it is not in the job's allow-list, it was already tried, or its circuit breaker is open.
+it is not in the job's allow-list, it was already tried, its circuit breaker is open, or its live
+error rate is above the profiler's threshold; the last only while another model stays eligible,
+so a provider-wide outage slows requests down instead of failing them.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batchroute.pricing import estimate_cost_usd, expected_latency_ms, expected_output_tokens
+from batchroute.profiler.stats import LiveModel
 from batchroute.registry import ModelSpec, Registry
 
 # (cost_weight, latency_weight) per latency class: batch buys cost, realtime buys speed.
@@ -35,6 +46,16 @@ MIN_CONFIDENCE = 0.45
 
 
 @dataclass(frozen=True)
+class PriorTerm:
+    """A model's prior quality for the prompt's (domain, complexity) and the feedback behind it."""
+
+    registry: float                     # the registry's static prior
+    value: float                        # the prior used: registry, moved toward the feedback mean
+    feedback_n: int = 0                 # feedback rows in this (model, domain, complexity) cell
+    feedback_mean: float | None = None
+
+
+@dataclass(frozen=True)
 class RouteInput:
     """What the router knows about one prompt."""
 
@@ -47,6 +68,8 @@ class RouteInput:
     max_tokens: int | None = None
     # Outcome-aware predicted quality per model name; models missing here use the prior.
     predicted_quality: Mapping[str, float] = field(default_factory=dict)
+    # The prior behind each model's quality (recorded on the decision); missing = the registry's.
+    priors: Mapping[str, PriorTerm] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,9 +81,10 @@ class RoutePolicy:
     allowed: frozenset[str] | None = None
     pinned: str | None = None
     tried: frozenset[str] = frozenset()
+    # Models or providers whose circuit breaker is open (hard exclusion).
     unhealthy: frozenset[str] = frozenset()
-    # Live p50 latency per model (profiler); falls back to the registry profile.
-    live_latency_ms: Mapping[str, float] = field(default_factory=dict)
+    # Live figures per model (profiler snapshot); a model missing here uses the registry alone.
+    live: Mapping[str, LiveModel] = field(default_factory=dict)
     min_confidence: float = MIN_CONFIDENCE
 
 
@@ -72,9 +96,16 @@ class Candidate:
     provider: str
     quality: float
     cost_usd: float
-    latency_ms: float
+    latency_ms: float                           # what the score uses: expected x live factor
     score: float | None = None
     excluded: str | None = None
+    prior: float | None = None                  # the prior quality used (registry or feedback-moved)
+    registry_prior: float | None = None
+    feedback_n: int = 0                         # feedback rows that moved the prior
+    expected_latency_ms: float | None = None    # the registry's expectation for this prompt
+    live_latency_ratio: float | None = None     # applied live terms; None = no live data used
+    live_error_rate: float | None = None
+    live_calls: float | None = None
 
 
 @dataclass
@@ -111,6 +142,9 @@ def model_quality(model: ModelSpec, inp: RouteInput, complexity: str) -> float:
     """Predicted quality of ``model`` for the prompt (outcome-aware if known, else its prior)."""
     if model.name in inp.predicted_quality:
         return inp.predicted_quality[model.name]
+    prior = inp.priors.get(model.name)
+    if prior is not None and complexity == inp.complexity:
+        return prior.value
     return model.prior_quality(inp.domain, complexity)
 
 
@@ -129,17 +163,45 @@ def _exclusion(model: ModelSpec, inp: RouteInput, policy: RoutePolicy) -> str | 
     return None
 
 
+def _candidate(m: ModelSpec, inp: RouteInput, policy: RoutePolicy, complexity: str) -> Candidate:
+    expected = expected_latency_ms(m, inp.style, inp.max_tokens)
+    live = policy.live.get(m.name)
+    used = live if live is not None and live.applied else None
+    prior = inp.priors.get(m.name)
+    return Candidate(
+        model=m.name, provider=m.provider, quality=round(model_quality(m, inp, complexity), 6),
+        cost_usd=estimate_cost_usd(m, inp.prompt_tokens, inp.style, inp.max_tokens),
+        latency_ms=round(expected * (used.latency_factor if used else 1.0), 3),
+        excluded=_exclusion(m, inp, policy),
+        prior=None if prior is None else round(prior.value, 6),
+        registry_prior=None if prior is None else round(prior.registry, 6),
+        feedback_n=0 if prior is None else prior.feedback_n,
+        expected_latency_ms=round(expected, 3),
+        live_latency_ratio=None if used is None else used.latency_ratio,
+        live_error_rate=None if used is None else used.error_rate,
+        live_calls=None if used is None else used.calls)
+
+
+def _exclude_unhealthy(cands: list[Candidate], policy: RoutePolicy) -> list[str]:
+    """Exclude live-unhealthy candidates while a healthy one stays eligible; returns the notes."""
+    sick = [c for c in cands if c.excluded is None and (live := policy.live.get(c.model)) is not None
+            and live.unhealthy is not None]
+    if not sick:
+        return []
+    names = {c.model for c in sick}
+    if any(c.excluded is None and c.model not in names for c in cands):
+        for c in sick:
+            c.excluded = policy.live[c.model].unhealthy
+        return [f"avoided {c.model} ({c.excluded})" for c in sick]
+    return ["every eligible model is unhealthy: routed anyway, retries and fallback will cope"]
+
+
 def decide(inp: RouteInput, registry: Registry, policy: RoutePolicy) -> Decision:
     """Score every model and choose the best eligible one; never raises for 'nothing eligible'."""
     safe = inp.confidence < policy.min_confidence
     complexity = "complex" if safe else inp.complexity
-    cands: list[Candidate] = []
-    for m in registry.models:
-        latency = policy.live_latency_ms.get(m.name) or expected_latency_ms(m, inp.style, inp.max_tokens)
-        cands.append(Candidate(
-            model=m.name, provider=m.provider, quality=round(model_quality(m, inp, complexity), 6),
-            cost_usd=estimate_cost_usd(m, inp.prompt_tokens, inp.style, inp.max_tokens),
-            latency_ms=round(latency, 3), excluded=_exclusion(m, inp, policy)))
+    cands = [_candidate(m, inp, policy, complexity) for m in registry.models]
+    live_notes = _exclude_unhealthy(cands, policy)
     eligible = [c for c in cands if c.excluded is None]
     if not eligible:
         reasons = "; ".join(f"{c.model}: {c.excluded}" for c in cands)
@@ -162,6 +224,11 @@ def decide(inp: RouteInput, registry: Registry, policy: RoutePolicy) -> Decision
             reason += f"; beats {runner.model} ({runner.score:.3f} < {best.score:.3f})"
         if safe:
             reason += f"; low confidence {inp.confidence:.2f}: routed as complex (safe route)"
+    if best.live_latency_ratio is not None:
+        reason += (f"; live latency x{best.live_latency_ratio:.2f}, error rate {best.live_error_rate:.2f} "
+                   f"over {best.live_calls:.0f} calls")
+    if live_notes:
+        reason += "; " + "; ".join(live_notes)
     return Decision(best.model, best.provider, reason, cands, policy.cost_weight,
                     policy.latency_weight, safe)
 
@@ -177,6 +244,7 @@ __all__ = [
     "OBJECTIVES",
     "Candidate",
     "Decision",
+    "PriorTerm",
     "RouteInput",
     "RoutePolicy",
     "baseline_cost_usd",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,25 @@ class Settings(BaseSettings):
     # Extra exemplar/outcome JSONL files or directories for the analyzer's index (a JSON list);
     # ``batchroute index build --from`` also adds files under ``data_dir/exemplars``.
     exemplar_paths: list[Path] = Field(default_factory=list)
+    # Feedback pulls a (model, domain, complexity) prior toward the observed mean as if the registry
+    # prior were this many feedback rows: prior' = (n * mean + k * registry) / (n + k).
+    feedback_prior_pseudo_count: float = Field(default=10.0, gt=0)
+    # Live per-model figures (batchroute.profiler): auto = redis when Redis is configured, else memory.
+    profile_backend: Literal["auto", "memory", "redis", "off"] = "auto"
+    # Redis key prefix of the shared profile (deployments sharing one Redis need distinct ones).
+    profile_prefix: str = Field(default="batchroute:profile", min_length=1, pattern=r"^[^{}]+$")
+    # Half-life of the decayed attempt counts and latency sums.
+    profile_half_life_s: float = Field(default=60.0, gt=0)
+    # Successful attempts (decayed) before a model's live latency ratio replaces ratio 1.
+    profile_min_samples: int = Field(default=20, ge=1)
+    # Served attempts (decayed) before a model's live error rate counts (penalty and health).
+    profile_min_calls: int = Field(default=20, ge=1)
+    # A model whose live error rate reaches this is excluded from new decisions (if another is eligible).
+    unhealthy_error_rate: float = Field(default=0.5, gt=0, le=1)
+    # How long an analyzer process reuses a snapshot of the live figures.
+    profile_cache_s: float = Field(default=2.0, ge=0)
+    # How long a provider worker sums attempts before writing them to the shared store.
+    profile_flush_s: float = Field(default=1.0, ge=0)
 
     @property
     def user_exemplar_dir(self) -> Path:

@@ -7,6 +7,7 @@ Runs twice: on the embedded default (SQLite, in-process queues) and on the real 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,7 +120,10 @@ def deployment(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str
     sim.start()
     env = {"BATCHROUTE_DATABASE_URL": pg_url, "BATCHROUTE_BROKER_URL": redis_url,
            "BATCHROUTE_SIM_URL": sim.url, "BATCHROUTE_RECONCILE_AFTER_S": "5",
-           "BATCHROUTE_BACKOFF_BASE_S": "0.05", "BATCHROUTE_BACKOFF_CAP_S": "0.5"}
+           "BATCHROUTE_BACKOFF_BASE_S": "0.05", "BATCHROUTE_BACKOFF_CAP_S": "0.5",
+           # The live profile of this deployment alone, without decay: its counts are exact.
+           "BATCHROUTE_PROFILE_PREFIX": f"batchroute:test-profile:{uuid.uuid4().hex}",
+           "BATCHROUTE_PROFILE_HALF_LIFE_S": "1e9"}
     apply_settings(**env)
     cluster = LocalCluster(env, DATA_DIR / "logs")
     cluster.start("analyze", "analyze", "solo", 1)
@@ -142,3 +146,36 @@ def test_pipeline_on_postgres_redis_and_celery_workers(deployment: dict[str, str
     assert report.requests == N_PROMPTS
     wait_for_job(report.job_id, timeout_s=150)
     assert_job_complete(report.job_id, N_PROMPTS, report.invalid)
+    assert_profile_matches_ledger(report.job_id)
+
+
+def assert_profile_matches_ledger(job_id: str, timeout_s: float = 15.0) -> None:
+    """The provider workers reported every attempt to the shared (Redis) profile, per model and outcome."""
+    import time
+
+    from batchroute.db import get_engine
+    from batchroute.profiler import backend_name, get_profiler
+    from batchroute.registry import get_registry
+    from batchroute.settings import get_settings
+    from batchroute.tables import Attempt
+
+    assert backend_name(get_settings()) == "redis"
+    with Session(get_engine()) as s:
+        rows = s.exec(select(Attempt.model, Attempt.status, func.count()).where(Attempt.job_id == job_id)
+                      .group_by(Attempt.model, Attempt.status)).all()
+    ledger = {(m, st): n for m, st, n in rows}
+    assert set(ledger) and all(st == "ok" for _, st in ledger)  # no faults injected
+    models = [m.name for m in get_registry().models]
+    deadline = time.monotonic() + timeout_s  # workers write their sums every profile_flush_s
+    while True:
+        counts = get_profiler().counts(models)
+        got = {(m, "ok"): round(c.ok, 3) for m, c in counts.items() if c.ok}
+        if got == ledger or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == ledger
+    for m, c in counts.items():
+        assert c.latency_n == pytest.approx(c.ok, abs=1e-6)
+        assert c.errors == c.timeouts == c.rate_limited == 0
+        if c.ok:  # the simulator runs at time scale 0: far faster than the registry expects
+            assert c.observed_ms / c.expected_ms < 0.5, m

@@ -1,0 +1,215 @@
+"""The profiler: live per-model latency and error rates, recorded by the provider stage, read by routing.
+
+The provider stage reports every attempt; the analyze stage reads a snapshot (cached for
+``profile_cache_s`` per process, never a read per prompt) and hands it to the router::
+
+    from batchroute.profiler import get_profiler
+    prof = get_profiler()
+    prof.observe("sim-gpt-4", "ok", observed_ms=840.0, expected_ms=1000.0)   # provider stage
+    live = prof.snapshot(["sim-gpt-4", "sim-llama-3-8b"])                      # analyze stage
+    live["sim-gpt-4"].latency_ratio, live["sim-gpt-4"].unhealthy
+
+What is kept per model, as exponentially decayed sums (half-life ``profile_half_life_s``): attempts
+by outcome (ok, error, timeout, 429) and, over successful attempts, the observed latency and the
+latency the registry expected for that very call (:func:`batchroute.pricing.expected_latency_ms`,
+the same figure the router uses). Routing multiplies the registry's expectation for a prompt by
+the live ratio ``observed / expected``: the prompt's length and style stay factored out, and a
+model without recent data keeps ratio 1, so models with and without live data are compared in
+the same unit (what the registry says, corrected by what was seen). See :func:`live_model` for the
+thresholds and :func:`batchroute.routing.decide` for how the terms enter the score.
+
+Backends (``BATCHROUTE_PROFILE_BACKEND``): ``redis`` shares the figures between every worker of
+every host (one hash per model, updated by an atomic Lua script); ``memory`` keeps them in this
+process (the embedded default, where both stages share the process); ``off`` records nothing;
+``auto`` picks ``redis`` when a Redis URL is configured. A backend failure never fails routing
+or a call: the snapshot keeps its last figures and the attempt's sample is dropped, with a warning.
+
+Modules: :mod:`~batchroute.profiler.stats` (the pure math: counts, decay, routing's view) and
+:mod:`~batchroute.profiler.stores` (the in-process and Redis stores); this module holds the
+per-process :class:`Profiler` and :func:`get_profiler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from batchroute.errors import BatchrouteError
+from batchroute.profiler.stats import (
+    MAX_LATENCY_RATIO,
+    MAX_PENALISED_ERROR_RATE,
+    MIN_LATENCY_RATIO,
+    OUTCOMES,
+    Counts,
+    LiveModel,
+    Outcome,
+    ProfilePolicy,
+    attempt_counts,
+    decay_factor,
+    live_model,
+    outcome_of,
+)
+from batchroute.profiler.stores import (
+    STORES,
+    TTL_HALF_LIVES,
+    MemoryProfileStore,
+    ProfileStore,
+    RedisProfileStore,
+    backend_name,
+    new_profile_store,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Profiler:
+    """Records attempts (provider stage) and serves a cached snapshot (analyze stage). Thread-safe.
+
+    With a remote store, observations are summed in this process and written at most every
+    ``flush_s`` (one script call for all models), so the hot path never waits on Redis.
+    ``store=None`` profiles nothing (``snapshot`` is empty).
+    """
+
+    def __init__(self, store: ProfileStore | None, policy: ProfilePolicy | None = None, *, cache_s: float = 2.0,
+                 flush_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.policy = policy or ProfilePolicy()
+        self.cache_s = cache_s
+        self.flush_s = flush_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[str, Counts] = {}
+        self._flush_due: float | None = None  # when the scheduled flush should run (None: none scheduled)
+        self._cached: dict[str, LiveModel] = {}
+        self._cached_key: tuple[str, ...] = ()
+        self._cached_at: float | None = None
+
+    def observe(self, model: str, outcome: Outcome, observed_ms: float = 0.0, expected_ms: float = 0.0) -> None:
+        """Count one attempt of ``model`` (``observed_ms``/``expected_ms`` for a success). Never raises."""
+        if self.store is None:
+            return
+        add = attempt_counts(outcome, observed_ms, expected_ms)
+        now = self._clock()
+        with self._lock:
+            self._pending[model] = self._pending.get(model, Counts()) + add
+            # A flush whose loop stopped before it ran (a closed runtime) is scheduled again.
+            if self._flush_due is not None and now < self._flush_due + max(1.0, 2 * self.flush_s):
+                return
+            self._flush_due = now + self.flush_s
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self.store.local or self.flush_s <= 0 or loop is None:
+            self.flush()
+            return
+        # Written from a thread after flush_s: the loop carrying the calls never waits on Redis.
+        loop.call_later(self.flush_s, lambda: loop.run_in_executor(None, self.flush))
+
+    def flush(self) -> None:
+        """Write what was observed since the last flush. Never raises (a failed batch is dropped)."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+            self._flush_due = None
+        if not batch or self.store is None:
+            return
+        try:
+            self.store.record(batch)
+        except BatchrouteError as exc:
+            log.warning("profiler: %d model sample(s) dropped: %s", len(batch), exc)
+
+    def counts(self, models: Sequence[str]) -> dict[str, Counts]:
+        """The store's decayed counts now, uncached (raises BrokerError if the store fails)."""
+        if self.store is None:
+            return {m: Counts() for m in models}
+        return self.store.read(list(models))
+
+    def snapshot(self, models: Iterable[str]) -> dict[str, LiveModel]:
+        """Routing's live view of ``models``, re-read at most every ``cache_s``. Never raises.
+
+        When the store cannot be read, the last snapshot is kept (empty at first) and the read
+        is tried again after ``cache_s``.
+        """
+        key = tuple(models)
+        now = self._clock()
+        with self._lock:
+            if (self._cached_at is not None and key == self._cached_key
+                    and now - self._cached_at < self.cache_s):
+                return self._cached
+        if self.store is None:
+            return {}
+        try:
+            live = {m: live_model(c, self.policy) for m, c in self.store.read(list(key)).items()}
+        except BatchrouteError as exc:
+            log.warning("profiler: live figures unavailable, routing on the last ones: %s", exc)
+            with self._lock:
+                self._cached_at = now
+                self._cached_key = key
+                return self._cached
+        with self._lock:
+            self._cached, self._cached_key, self._cached_at = live, key, now
+        return live
+
+    def invalidate(self) -> None:
+        """Forget the cached snapshot (the next ``snapshot`` reads the store)."""
+        with self._lock:
+            self._cached_at = None
+
+    def close(self) -> None:
+        """Flush and release the store."""
+        self.flush()
+        if self.store is not None:
+            self.store.close()
+
+
+_profiler: Profiler | None = None
+_profiler_key: tuple[int, object] | None = None
+_profiler_lock = threading.Lock()
+
+
+def get_profiler() -> Profiler:
+    """This process's profiler, built from settings on first use.
+
+    Rebuilt in a forked child and whenever the settings object changes (tests and
+    ``settings_override`` rebuild settings), so in-process figures never leak between configurations.
+    """
+    global _profiler, _profiler_key
+    from batchroute.settings import get_settings
+
+    settings = get_settings()
+    key = (os.getpid(), settings)
+    with _profiler_lock:
+        if _profiler is None or _profiler_key is None or _profiler_key[0] != key[0] or _profiler_key[1] is not settings:
+            _profiler = Profiler(new_profile_store(settings), ProfilePolicy.from_settings(settings),
+                                 cache_s=settings.profile_cache_s, flush_s=settings.profile_flush_s)
+            _profiler_key = key
+        return _profiler
+
+
+__all__ = [
+    "MAX_LATENCY_RATIO",
+    "MAX_PENALISED_ERROR_RATE",
+    "MIN_LATENCY_RATIO",
+    "OUTCOMES",
+    "STORES",
+    "TTL_HALF_LIVES",
+    "Counts",
+    "LiveModel",
+    "MemoryProfileStore",
+    "Outcome",
+    "ProfilePolicy",
+    "ProfileStore",
+    "Profiler",
+    "RedisProfileStore",
+    "attempt_counts",
+    "backend_name",
+    "decay_factor",
+    "get_profiler",
+    "live_model",
+    "new_profile_store",
+    "outcome_of",
+]
