@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from batchroute.dispatch import ANALYZE_TASK, EXECUTE_TASK, RECONCILE_TASK, celery_config
 from batchroute.settings import get_settings
@@ -30,6 +30,25 @@ def _fresh_process(**_: object) -> None:
 
     reset_runtime()
     get_engine().dispose(close=False)
+
+
+@worker_init.connect
+def _warm_analyzer(sender: object = None, **_: object) -> None:
+    # An analyze worker loads the embedding model and the exemplar index (building its on-disk
+    # cache if the exemplars changed) before it reports ready, so its first chunk does not
+    # wait for them. Prefork children load their own on first use instead: the model must not
+    # be loaded in the parent before the fork.
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consuming = getattr(queues, "consume_from", None) or {}
+    pool = getattr(sender, "pool_cls", "")
+    pool_name = pool if isinstance(pool, str) else f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', '')}"
+    if "analyze" not in consuming or "prefork" in pool_name:
+        return
+    from batchroute.analyzer import get_analyzer
+
+    analyzer = get_analyzer()
+    analyzer.embedder.load()
+    log.info("analyzer ready: %d exemplars", len(analyzer.index))
 
 
 @app.task(name=ANALYZE_TASK)
