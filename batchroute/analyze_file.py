@@ -1,7 +1,9 @@
 """``batchroute analyze FILE``: label and route every line of a job file without calling a model.
 
 Output, one JSON line per input line: ``id, domain, complexity, style, confidence, model, provider,
-reason`` (an invalid line gets ``id``, ``line`` and ``error`` instead). Embeds in batches.
+reason`` (an invalid line gets ``id``, ``line`` and ``error`` instead). Prompts are analysed in
+batches of the analyze stage's chunk size and routed as the analyze stage would route them now:
+with the feedback learned so far (index and priors) and the profiler's live figures.
 """
 
 from __future__ import annotations
@@ -10,28 +12,35 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from batchroute.feedback import feedback_priors, sync_feedback
 from batchroute.jobfile import OPEN_ERRORS, JobItem, iter_job_lines
 from batchroute.pipeline import route_input
+from batchroute.profiler import get_profiler
 from batchroute.registry import get_registry
 from batchroute.routing import RoutePolicy, decide, weights_for
+from batchroute.settings import get_settings
 from batchroute.tables import Request
-
-BATCH = 256
 
 
 def _flush(items: list[JobItem], latency: str, out: IO[str]) -> None:
+    if not items:
+        return
     from batchroute.analyzer import get_analyzer
 
     registry = get_registry()
-    analyses = get_analyzer().analyze([i.prompt for i in items])
+    analyzer = get_analyzer()
+    sync_feedback(analyzer)
+    priors = feedback_priors(analyzer)
+    live = get_profiler().snapshot(m.name for m in registry.models)
+    analyses = analyzer.analyze([i.prompt for i in items])
     for item, a in zip(items, analyses, strict=True):
         lat = item.latency_class or latency
         lam, mu = weights_for(lat)
         req = Request(id=str(item.line), job_id="", line=item.line, custom_id=item.custom_id,
                       prompt=item.prompt, latency_class=lat, prompt_tokens_est=item.prompt_tokens_est,
                       max_tokens=item.max_tokens)
-        d = decide(route_input(req, a, registry), registry,
-                   RoutePolicy(cost_weight=lam, latency_weight=mu, pinned=item.model))
+        d = decide(route_input(req, a, registry, priors), registry,
+                   RoutePolicy(cost_weight=lam, latency_weight=mu, pinned=item.model, live=live))
         row: dict[str, Any] = {"id": item.custom_id, "domain": a.domain, "complexity": a.complexity,
                                "style": a.style, "confidence": round(float(a.confidence), 4),
                                "model": d.model, "provider": d.provider, "reason": d.reason}
@@ -42,6 +51,7 @@ def _flush(items: list[JobItem], latency: str, out: IO[str]) -> None:
 def analyze_file(path: Path, out: IO[str], latency: str = "standard") -> tuple[int, int]:
     """Write one JSON line per input line of ``path`` to ``out``; returns (lines, invalid)."""
     registry = get_registry()
+    chunk = get_settings().analyze_chunk_size
     lines = bad = 0
     batch: list[JobItem] = []
     with path.open(encoding="utf-8", errors=OPEN_ERRORS) as fh:
@@ -49,7 +59,7 @@ def analyze_file(path: Path, out: IO[str], latency: str = "standard") -> tuple[i
             lines += 1
             if isinstance(item, JobItem):
                 batch.append(item)
-                if len(batch) >= BATCH:
+                if len(batch) >= chunk:
                     _flush(batch, latency, out)
             else:
                 _flush(batch, latency, out)
