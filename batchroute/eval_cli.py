@@ -92,6 +92,17 @@ def print_routing(report: dict[str, Any]) -> None:
         for k in keys:
             if k in res:
                 s.add_row(k, _fmt(res[k]))
+        # Shuffled predictions lift AIQ above the single-model hull too: the gain is skill only
+        # where it clears this null.
+        chance = res.get("chance") or {}
+        for k in ("aiq_gain_p95", "aiq_gain_p_value", "apgr_p95", "apgr_p_value", "router_beats_chance"):
+            if k in chance:
+                s.add_row(f"chance.{k}", _fmt(chance[k]))
+        if res.get("quality_auc"):
+            s.add_row("quality_auc.mean", _fmt(res["quality_auc"]["mean"]))
+        oracle = (res.get("upper_bounds") or {}).get("oracle")
+        if oracle:
+            s.add_row("oracle.cost_ratio_at_best_quality", _fmt(oracle["cost_ratio_at_best_quality"]))
         out.print(s)
         out.print(f"[dim]{res['reference']}[/]")
 
@@ -128,12 +139,15 @@ def register(app: typer.Typer) -> None:
         max_test: Annotated[int | None, typer.Option(help="use at most N test rows (seeded sample)")] = None,
         seed: Annotated[int, typer.Option(help="seed for sampling and CV folds")] = 0,
         tune: Annotated[bool, typer.Option(help="choose k / strength / temperature by CV on train rows")] = True,
+        bootstrap: Annotated[int, typer.Option(
+            min=0, help="resamples for the AIQ-gain interval and shuffles for the chance level (0: none)")] = 200,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         """Cost-quality curve of the kNN router vs single models, random and oracle: AIQ, APGR, CPT."""
         from batchroute.evaluation import eval_routing
 
-        report = eval_routing(train, test, seed=seed, max_train=max_train, max_test=max_test, tune=tune)
+        report = eval_routing(train, test, seed=seed, max_train=max_train, max_test=max_test, tune=tune,
+                              bootstrap=bootstrap)
         if as_json:
             print(json.dumps(report, indent=2))
         else:

@@ -13,6 +13,9 @@ What it measures (see :mod:`batchroute.evaluation`):
 * ``routing``: :func:`eval_routing` train -> test on each RouterBench pair, routellm_gsm8k and
   routellm_mmlu (their ``split`` field) and arena_bench_v1 (costs from the approximate price
   table). Parameters are chosen by cross-validation on train rows only; test rows are never indexed.
+  Per task the summary also gives ``chance`` (the router with its predictions shuffled over the
+  test rows: an AIQ gain no larger than this is noise), ``quality_auc_mean`` and ``upper_bounds``
+  (the oracle, and perfect predictions for the cheap models only).
 
 ``summary`` holds the headline figures; the rest is detail. Embeddings are cached on disk
 (``settings.data_dir / "eval_cache"``), so a second run embeds nothing.
@@ -48,6 +51,9 @@ ROUTING_TASKS: dict[str, tuple[str, str]] = {
 HEADLINE = ("n_test", "aiq_router", "aiq_single_hull", "aiq_gain", "aiq_gain_ci95", "router_beats_single_hull",
             "best_single_model", "best_single_quality", "router_max_quality", "cost_ratio_at_best_quality",
             "best_quality_at_half_cost", "apgr", "cpt50", "cpt80")
+# The router against shuffles of its own predictions: a gain shows skill only where p is small.
+CHANCE = ("aiq_gain_mean", "aiq_gain_p95", "aiq_gain_p_value", "cost_ratio_at_best_quality_median",
+          "cost_ratio_p_value", "apgr_mean", "apgr_p95", "apgr_p_value", "router_beats_chance")
 
 
 def labeled_files(prompts_dir: Path) -> list[Path]:
@@ -107,8 +113,12 @@ def main() -> None:
         if not args.curves:
             tres.pop("router_curve", None)
         routing[task] = res
+        chance = tres.get("chance", {})
         summary.setdefault("routing", {})[task] = {
             **{k: tres.get(k) for k in HEADLINE if k in tres},
+            "chance": {k: chance.get(k) for k in CHANCE if k in chance},
+            "quality_auc_mean": tres.get("quality_auc", {}).get("mean"),
+            "upper_bounds": tres.get("upper_bounds"),
             "oracle_quality": tres["oracle"]["quality"], "cost_mode": res["cost_mode"], "params": res["params"],
             "default_params": tres.get("default_params"), "train_rows": res["train_rows"],
             "seconds": res["timing_s"]["total"]}

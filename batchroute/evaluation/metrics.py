@@ -11,6 +11,9 @@ Cost-quality curves (routing evaluation), as RouterBench and RouteLLM define the
   non-decreasing convex hull of (cost, quality) points over a cost range, divided by the range;
 * :func:`threshold_curve`, :func:`pgr`, :func:`apgr`, :func:`cpt` — RouteLLM's performance gap
   recovered for a two-model (weak/strong) router traced by a threshold on a routing score.
+
+Prediction diagnostics: :func:`roc_auc` — how well a predicted quality ranks right above wrong
+answers (0.5: no better than chance).
 """
 
 from __future__ import annotations
@@ -265,6 +268,29 @@ def cpt(share: Floats, quality: Floats, q_weak: float, q_strong: float,
     return None
 
 
+def roc_auc(score: Floats, label: Floats) -> float | None:
+    """Area under the ROC curve of ``score`` for binary ``label`` (1 = positive), ties counted half.
+
+    The probability that a random positive row scores above a random negative one (the
+    Mann-Whitney statistic). None when ``label`` is not all 0/1 or holds only one class.
+    """
+    s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(label, dtype=np.float64)
+    if len(s) != len(y):
+        raise ValueError(f"{len(s)} scores but {len(y)} labels")
+    if not np.isin(y, (0.0, 1.0)).all():
+        return None
+    pos = y == 1.0
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return None
+    # Mid-ranks, so tied scores contribute one half.
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    ranks = (upper - (counts - 1) / 2.0)[inv]
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def shrunk_quality(score_sum: np.ndarray, weight_sum: np.ndarray, prior: np.ndarray,
                    strength: float) -> np.ndarray:
     """The analyzer's outcome-aware predicted quality, vectorised.
@@ -292,6 +318,7 @@ __all__ = [
     "min_cost_reaching",
     "nondecreasing_convex_hull",
     "pgr",
+    "roc_auc",
     "shrunk_quality",
     "threshold_curve",
     "top_confusions",

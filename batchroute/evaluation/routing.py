@@ -32,9 +32,23 @@ prompt hash; train rows that share an id or a prompt with a test row are dropped
    cross-validation on the train rows (2 × 5 folds; objective: AIQ gain over the single-model
    hull on the held-out folds) unless given.
 4. **Decision** for a cost weight λ: ``argmax_m q̂ − λ·ĉ / c_max`` (``c_max``: the largest mean
-   train cost of a model), as :mod:`batchroute.routing` scores. λ sweeps from 0 to where the
-   cheapest model always wins; each λ gives one (mean true cost, mean true score) point on the test
-   rows, from the TRUE outcome of the chosen model.
+   train cost of a model), as :mod:`batchroute.routing` scores. λ takes every value at which some
+   prompt's decision changes (:func:`lambda_path`: the exact curve, from 0 to where the cheapest
+   model always wins); each gives one (mean true cost, mean true score) point on the test rows,
+   from the TRUE outcome of the chosen model.
+
+Reading the result (see :func:`score_test`): ``chance`` scores the same router with its
+predictions shuffled over the test rows. AIQ is taken over the upper hull of the router's many
+curve points, so noise alone lifts it above the hull of the few single models; a gain means
+something only where ``chance.aiq_gain_p_value`` is small. ``upper_bounds`` gives what perfect
+predictions would reach and ``quality_auc`` how well q̂ ranks right above wrong answers per
+model — together they say how far the predictor, not the decision rule, limits the router.
+
+Predictors compared by cross-validation on RouterBench / RouteLLM train rows (kNN as here,
+per-model ridge and logistic regression on the embedding, kNN + ridge stacks, a pooled-difficulty
+prior, Platt calibration, a cascade rule, a pooled index): none beat this kNN by more than the
+folds' noise, and per-model AUCs stay around 0.55 (0.72 on MMLU, mostly its subject) — so the
+kNN stays.
 
 Costs: ``cost_usd`` where every outcome records it; else, for two models, the share of calls to
 the stronger one (RouteLLM's setting; APGR / CPT reported, with the predicted score difference
@@ -64,6 +78,7 @@ from batchroute.evaluation.metrics import (
     cpt,
     min_cost_reaching,
     nondecreasing_convex_hull,
+    roc_auc,
     shrunk_quality,
     threshold_curve,
 )
@@ -300,6 +315,7 @@ def lambda_grid(q: np.ndarray, c: np.ndarray, n: int = 240) -> np.ndarray:
 
     A prompt switches between models a (costlier, better) and b at λ = (q̂a − q̂b) / (ĉa − ĉb);
     the grid takes quantiles of all those switch points, so it is dense where decisions change.
+    An approximation that can miss decisions; the evaluation takes every one (:func:`lambda_path`).
     """
     dq = q[:, :, None] - q[:, None, :]
     dc = c[:, :, None] - c[:, None, :]
@@ -309,6 +325,74 @@ def lambda_grid(q: np.ndarray, c: np.ndarray, n: int = 240) -> np.ndarray:
         return np.array([0.0, 1.0])
     qs = np.quantile(cross, np.linspace(0.0, 1.0, n))
     return np.unique(np.concatenate([[0.0], qs * (1 - 1e-9), qs * (1 + 1e-9), [cross.max() * 1.01]]))
+
+
+def lambda_path(q: np.ndarray, c_norm: np.ndarray, true_s: np.ndarray, true_c: np.ndarray, *,
+                keep_choices: bool = False) -> list[dict[str, Any]]:
+    """The router's exact curve: one ``{lambda, cost, quality}`` per distinct decision of :func:`decide`.
+
+    As λ grows from 0 each prompt walks down the upper envelope of its lines ``q̂_m − λ·ĉ_m``,
+    switching to a cheaper model at ``λ = (q̂_cur − q̂_m) / (ĉ_cur − ĉ_m)`` (ties: the cheaper,
+    as :func:`decide`). Every switch of every prompt gives a point, so no point of the curve is
+    missed, as a grid can miss them. ``lambda`` is the smallest λ at which that decision holds. With
+    ``keep_choices`` each point also has ``choice`` (the model index per prompt).
+    """
+    n, m = q.shape
+    rows = np.arange(n)
+    state = decide(q, c_norm, 0.0)
+    start = state.copy()
+    ev_lam: list[np.ndarray] = []
+    ev_row: list[np.ndarray] = []
+    ev_to: list[np.ndarray] = []
+    prev = np.zeros(n)
+    for _ in range(m - 1):                   # each switch goes to a strictly cheaper model
+        dc = c_norm[rows, state][:, None] - c_norm
+        cheaper = dc > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = np.where(cheaper, (q[rows, state][:, None] - q) / np.where(cheaper, dc, 1.0), np.inf)
+        # Monotone per prompt (the envelope is convex; this only absorbs rounding).
+        lam = np.maximum(lam, prev[:, None])
+        lo = lam.min(axis=1)
+        go = np.isfinite(lo)
+        if not go.any():
+            break
+        tied = lam <= lo[:, None] * (1 + 1e-12) + 1e-300
+        nxt = np.argmin(np.where(tied, c_norm, np.inf), axis=1)
+        r = rows[go]
+        ev_lam.append(lo[go])
+        ev_row.append(r)
+        ev_to.append(nxt[go])
+        state = np.where(go, nxt, state)
+        prev = np.where(go, lo, prev)
+    out: list[dict[str, Any]] = [{"lambda": 0.0, "cost": float(true_c[rows, start].mean()),
+                                  "quality": float(true_s[rows, start].mean())}]
+    if keep_choices:
+        out[0]["choice"] = start.copy()
+    if not ev_lam:
+        return out
+    lams, ev_r, ev_t = np.concatenate(ev_lam), np.concatenate(ev_row), np.concatenate(ev_to)
+    # The model each event leaves: the previous event's target for that prompt (or its start).
+    order = np.lexsort((lams, ev_r))
+    frm = np.empty_like(ev_t)
+    first = np.concatenate([[True], ev_r[order][1:] != ev_r[order][:-1]])
+    frm[order] = np.where(first, start[ev_r[order]], np.roll(ev_t[order], 1))
+    order = np.argsort(lams, kind="stable")
+    lams, ev_r, ev_t, frm = lams[order], ev_r[order], ev_t[order], frm[order]
+    cost = out[0]["cost"] + np.cumsum(true_c[ev_r, ev_t] - true_c[ev_r, frm]) / n
+    qual = out[0]["quality"] + np.cumsum(true_s[ev_r, ev_t] - true_s[ev_r, frm]) / n
+    # Switches closer than rounding (relative 1e-9) are one decision: decide()'s tie rule cannot
+    # tell them apart.
+    ends = np.flatnonzero(np.concatenate([lams[1:] > lams[:-1] * (1 + 1e-9) + 1e-15, [True]]))
+    choice = start.copy()
+    a = 0
+    for e in ends.tolist():
+        pt: dict[str, Any] = {"lambda": float(lams[e]), "cost": float(cost[e]), "quality": float(qual[e])}
+        if keep_choices:
+            choice[ev_r[a:e + 1]] = ev_t[a:e + 1]
+            pt["choice"] = choice.copy()
+        out.append(pt)
+        a = e + 1
+    return out
 
 
 def decide(q: np.ndarray, c_norm: np.ndarray, lam: float) -> np.ndarray:
@@ -339,13 +423,42 @@ def _r(x: float | None, digits: int = 6) -> float | None:
     return float(f"{x:.{digits}g}")
 
 
+def _curve(q: np.ndarray, c_norm: np.ndarray, s: np.ndarray, c: np.ndarray, mode: str, j_s: int,
+           lambdas: Sequence[float] | None, keep_choices: bool = False) -> list[dict[str, Any]]:
+    """The router's (cost, quality) points: the threshold curve for two models (``call_share``), else
+    :func:`router_points` over ``lambdas`` or, without them, the exact :func:`lambda_path`."""
+    if mode == "call_share":
+        share, qual = threshold_curve(q[:, j_s] - q[:, 1 - j_s], s[:, 1 - j_s], s[:, j_s])
+        return [{"lambda": None, "cost": float(x), "quality": float(y)} for x, y in zip(share, qual, strict=True)]
+    if lambdas is not None:
+        pts = router_points(q, c_norm, s, c, np.asarray(lambdas, dtype=np.float64))
+        if not keep_choices:
+            for pt in pts:
+                pt.pop("choice")
+        return pts
+    return lambda_path(q, c_norm, s, c, keep_choices=keep_choices)
+
+
+def _reach_ratio(points: Sequence[tuple[float, float]], best_q: float, best_c: float) -> float | None:
+    """Least cost of ``points`` reaching ``best_q``, as a share of ``best_c`` (None: never reached)."""
+    reach = min_cost_reaching(points, best_q)
+    return reach / best_c if reach is not None and best_c > 0 else None
+
+
+def _pts(curve: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(float(p["cost"]), float(p["quality"])) for p in curve]
+
+
 def score_test(q: np.ndarray, chat: np.ndarray, test: OutcomeSet, models: Sequence[str], c_scale: float,
                mode: str, lambdas: Sequence[float] | None, strong: str | None, bootstrap: int = 0,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, diagnostics: bool = False) -> dict[str, Any]:
     """All metrics of the router with predictions ``(q, chat)`` on the (complete) test rows.
 
-    With ``bootstrap`` > 0, ``aiq_gain_ci95`` is a percentile interval of AIQ(router) − AIQ(single
-    hull) over that many resamples of the test rows (the router's decisions held fixed).
+    Without ``lambdas`` the curve is exact (:func:`lambda_path`: every distinct decision). With
+    ``bootstrap`` > 0, ``aiq_gain_ci95`` is a percentile interval of AIQ(router) − AIQ(single
+    hull) over that many resamples of the test rows (the router's decisions held fixed), and
+    ``chance`` compares the router with as many permutations of its predictions over the test
+    rows (:func:`_permutation_null`). ``diagnostics`` adds ``upper_bounds`` and ``quality_auc``.
     """
     s, c = test.scores, test.costs
     n = s.shape[0]
@@ -354,22 +467,15 @@ def score_test(q: np.ndarray, chat: np.ndarray, test: OutcomeSet, models: Sequen
     single_pts = [(v["cost"], v["quality"]) for v in single.values()]
     cmin, cmax = min(p[0] for p in single_pts), max(p[0] for p in single_pts)
     c_norm = chat / c_scale
-    if mode == "call_share":
-        j_s = list(models).index(strong or "")
-        j_w = 1 - j_s
-        share, qual = threshold_curve(q[:, j_s] - q[:, j_w], s[:, j_w], s[:, j_s])
-        curve: list[dict[str, Any]] = [{"lambda": None, "cost": float(x), "quality": float(y)}
-                                       for x, y in zip(share, qual, strict=True)]
-        choice_at: list[np.ndarray] = []
-    else:
-        lams = np.asarray(lambdas, dtype=np.float64) if lambdas is not None else lambda_grid(q, c_norm)
-        pts = router_points(q, c_norm, s, c, lams)
-        choice_at = [p.pop("choice") for p in pts]
-        curve = pts
-    router_pts: list[tuple[float, float]] = [(float(p["cost"]), float(p["quality"])) for p in curve]
+    j_s = list(models).index(strong or "") if mode == "call_share" else -1
+    curve = _curve(q, c_norm, s, c, mode, j_s, lambdas, keep_choices=True)
+    choice_at: list[np.ndarray] = [p.pop("choice") for p in curve if "choice" in p]
+    router_pts = _pts(curve)
+    # Ties on quality go to the cheaper model: the reference is the least a single model must cost
+    # to reach the best quality (with gpt-4 and gpt-3.5 tied, "half of gpt-4's cost" would be met
+    # by gpt-3.5 alone, with no routing at all).
     best = max(models, key=lambda name: (single[name]["quality"], -single[name]["cost"]))
     best_q, best_c = single[best]["quality"], single[best]["cost"]
-    reach = min_cost_reaching(router_pts, best_q)
     reach_hull = min_cost_reaching(router_pts, best_q, hull=True)
     best_per_row = s.max(axis=1)
     oracle_j = np.argmax(np.where(s >= best_per_row[:, None] - 1e-12, -c, -np.inf), axis=1)
@@ -382,7 +488,7 @@ def score_test(q: np.ndarray, chat: np.ndarray, test: OutcomeSet, models: Sequen
         "best_single_quality": _r(best_q),
         "best_single_cost": _r(best_c),
         "router_max_quality": _r(max(p[1] for p in router_pts)),
-        "cost_ratio_at_best_quality": _r(reach / best_c) if reach is not None and best_c > 0 else None,
+        "cost_ratio_at_best_quality": _r(_reach_ratio(router_pts, best_q, best_c)),
         "cost_ratio_at_best_quality_hull": _r(reach_hull / best_c) if reach_hull is not None and best_c > 0 else None,
         "single_models": {k: {"cost": _r(v["cost"]), "quality": _r(v["quality"])} for k, v in single.items()},
         "random": {"cost": _r(float(c.mean())), "quality": _r(float(s.mean()))},
@@ -390,12 +496,12 @@ def score_test(q: np.ndarray, chat: np.ndarray, test: OutcomeSet, models: Sequen
                    "quality": _r(float(best_per_row.mean()))},
         "router_hull": [{"cost": _r(x), "quality": _r(y)} for x, y in nondecreasing_convex_hull(router_pts)],
         "router_curve": _thin(curve, 40),
+        "router_curve_points": len(curve),
     }
     out["aiq_gain"] = _r((out["aiq_router"] or 0.0) - (out["aiq_single_hull"] or 0.0), 4)
     out["router_beats_single_hull"] = (out["aiq_router"] or 0) > (out["aiq_single_hull"] or 0)
     if bootstrap > 0:
         if mode == "call_share":
-            j_s = list(models).index(strong or "")
             resample = _resampler_call_share(q[:, j_s] - q[:, 1 - j_s], s, j_s)
         else:
             resample = _resampler_lambda(np.stack(choice_at), s, c)
@@ -410,7 +516,6 @@ def score_test(q: np.ndarray, chat: np.ndarray, test: OutcomeSet, models: Sequen
         out["choice_share_lambda0"] = _shares(choice_at[0], models)
         out["choice_share_mid_sweep"] = _shares(mid, models)
     if mode == "call_share":
-        j_s = list(models).index(strong or "")
         qw, qs = float(s[:, 1 - j_s].mean()), float(s[:, j_s].mean())
         share = np.array([p["cost"] for p in curve])
         qual = np.array([p["quality"] for p in curve])
@@ -422,7 +527,98 @@ def score_test(q: np.ndarray, chat: np.ndarray, test: OutcomeSet, models: Sequen
                     "reference": ROUTELLM_REFERENCE})
     else:
         out["reference"] = ROUTERBENCH_REFERENCE
+    if bootstrap > 0:
+        out["chance"] = _permutation_null(q, c_norm, s, c, mode, j_s, lambdas, out, bootstrap, seed)
+    if diagnostics:
+        out["quality_auc"] = _quality_auc(q, s, models)
+        out["upper_bounds"] = _upper_bounds(q, c_norm, s, c, mode, j_s, best_q, best_c, cmin, cmax, models)
     return out
+
+
+def _permutation_null(q: np.ndarray, c_norm: np.ndarray, s: np.ndarray, c: np.ndarray, mode: str, j_s: int,
+                      lambdas: Sequence[float] | None, res: dict[str, Any], reps: int, seed: int) -> dict[str, Any]:
+    """The same router with its predictions shuffled over the test rows, ``reps`` times.
+
+    Shuffling keeps how often each model is chosen along the curve but breaks the link between a
+    prompt and its prediction: what such a router scores is chance. AIQ takes the upper hull of
+    many noisy curve points, so even a shuffled router "beats" the single-model hull (11 points) by a
+    margin: the ``aiq_gain`` of a router shows skill only where it clears this null
+    (``aiq_gain_p_value``: the share of shuffles scoring at least as high, +1 smoothed).
+    """
+    rng = np.random.default_rng(seed + 1)
+    single = list(zip(c.mean(axis=0).tolist(), s.mean(axis=0).tolist(), strict=True))
+    cmin, cmax = min(p[0] for p in single), max(p[0] for p in single)
+    hull_aiq = aiq(single, cmin, cmax)
+    best_q, best_c = float(res["best_single_quality"]), float(res["best_single_cost"])
+    gains, ratios, apgrs = np.empty(reps), np.full(reps, np.nan), np.full(reps, np.nan)
+    qw, qs = float(s[:, 1 - j_s].mean()), float(s[:, j_s].mean())
+    for b in range(reps):
+        perm = rng.permutation(len(q))
+        curve = _curve(q[perm], c_norm[perm], s, c, mode, j_s, lambdas)
+        pts = _pts(curve)
+        gains[b] = aiq(pts, cmin, cmax) - hull_aiq
+        r = _reach_ratio(pts, best_q, best_c)
+        ratios[b] = np.nan if r is None else r
+        if mode == "call_share":
+            apgrs[b] = apgr(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]), qw, qs) or np.nan
+    mine_gain = (res["aiq_router"] or 0.0) - (res["aiq_single_hull"] or 0.0)
+    out: dict[str, Any] = {
+        "permutations": reps,
+        "aiq_gain_mean": _r(float(gains.mean()), 4),
+        "aiq_gain_p95": _r(float(np.percentile(gains, 95)), 4),
+        "aiq_gain_p_value": _r((1 + int((gains >= mine_gain - 1e-12).sum())) / (1 + reps), 3),
+        "cost_ratio_at_best_quality_median": _r(float(np.nanmedian(ratios))) if np.isfinite(ratios).any() else None,
+        "cost_ratio_never_reached_share": _r(float(np.isnan(ratios).mean()), 3),
+    }
+    mine = res["cost_ratio_at_best_quality"]
+    if mine is not None:
+        out["cost_ratio_p_value"] = _r((1 + int((np.nan_to_num(ratios, nan=np.inf) <= mine).sum())) / (1 + reps), 3)
+    if mode == "call_share":
+        out["apgr_mean"] = _r(float(np.nanmean(apgrs)), 4)
+        out["apgr_p95"] = _r(float(np.nanpercentile(apgrs, 95)), 4)
+        out["apgr_p_value"] = _r((1 + int((apgrs >= (res["apgr"] or 0.0) - 1e-12).sum())) / (1 + reps), 3)
+    out["router_beats_chance"] = out["aiq_gain_p_value"] < 0.05
+    return out
+
+
+def _quality_auc(q: np.ndarray, s: np.ndarray, models: Sequence[str]) -> dict[str, Any]:
+    """Per model, how well q̂ ranks the test prompts it got right above those it got wrong (0.5: chance)."""
+    per = {m: roc_auc(q[:, j], s[:, j]) for j, m in enumerate(models)}
+    vals = [v for v in per.values() if v is not None]
+    return {"mean": _r(float(np.mean(vals)), 4) if vals else None,
+            "per_model": {m: _r(v, 4) for m, v in per.items()}}
+
+
+CHEAP_SHARE = 0.2
+
+
+def _upper_bounds(q: np.ndarray, c_norm: np.ndarray, s: np.ndarray, c: np.ndarray, mode: str, j_s: int,
+                  best_q: float, best_c: float, cmin: float, cmax: float, models: Sequence[str]) -> dict[str, Any]:
+    """What perfect knowledge would reach on these test rows (measurements, never used to choose).
+
+    ``oracle``: the router given every true score (and true cost). ``cheap_models_oracle`` (three
+    or more models): true scores only for the cheap models (predicted mean cost below
+    :data:`CHEAP_SHARE` of the dearest), the router's own q̂ for the others — what a router
+    that knew exactly when a cheap model suffices would reach.
+    """
+    def summary(qq: np.ndarray, cc: np.ndarray) -> dict[str, Any]:
+        pts = _pts(_curve(qq, cc, s, c, mode, j_s, None))
+        out: dict[str, Any] = {"aiq": _r(aiq(pts, cmin, cmax)),
+                               "cost_ratio_at_best_quality": _r(_reach_ratio(pts, best_q, best_c))}
+        if mode == "call_share":
+            qw, qs = float(s[:, 1 - j_s].mean()), float(s[:, j_s].mean())
+            out["apgr"] = _r(apgr(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]), qw, qs), 4)
+        return out
+
+    c_true = c / max(float(c.mean(axis=0).max()), 1e-300)
+    res = {"oracle": summary(s.astype(np.float64), c_true)}
+    if mode != "call_share":
+        mean_c = c_norm.mean(axis=0)
+        cheap = mean_c < CHEAP_SHARE * mean_c.max()
+        if cheap.any() and not cheap.all():
+            res["cheap_models_oracle"] = {**summary(np.where(cheap[None, :], s, q), c_norm),
+                                          "models": [m for m, ch in zip(models, cheap, strict=True) if ch]}
+    return res
 
 
 def _resampler_lambda(choices: np.ndarray, s: np.ndarray, c: np.ndarray) -> Any:
@@ -545,12 +741,15 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
         prices: ``{model: (input, output) USD per Mtok}`` for files without costs (default
             :data:`PRICE_TABLE`).
         strip_boilerplate: remove lines frequent in the train prompts before embedding.
-        bootstrap: resamples of the test rows for the 95% interval of the AIQ gain (0: none).
+        bootstrap: resamples of the test rows for the 95% interval of the AIQ gain, and as many
+            shuffles of the predictions for the chance level (0: neither).
 
     Returns a dict: ``models``, ``cost_mode``, ``params``, ``cv``, ``train_rows``, ``timing`` and
     ``tests`` (per test file name: see :func:`score_test` — ``aiq_router``, ``aiq_single_hull``,
     ``best_single_model``, ``best_single_quality``, ``router_max_quality``,
-    ``cost_ratio_at_best_quality``, and ``apgr``, ``cpt50``, ``cpt80`` for two-model files).
+    ``cost_ratio_at_best_quality``, and ``apgr``, ``cpt50``, ``cpt80`` for two-model files; with
+    ``bootstrap`` > 0 also ``aiq_gain_ci95`` and ``chance`` (the router against ``bootstrap``
+    shuffles of its predictions); always ``quality_auc`` and ``upper_bounds``).
     """
     t_start = time.perf_counter()
     train_paths, test_paths = [Path(p) for p in train], [Path(p) for p in test]
@@ -620,7 +819,7 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
         part = te.subset(complete)
         sims, idx = knn(te_emb[complete], tr_emb, kmax)
         q, chat = predict(sims, idx, tr.scores, tr.costs, prior, cost_prior, chosen)
-        res = score_test(q, chat, part, models, c_scale, mode, lambdas, strong, bootstrap, seed)
+        res = score_test(q, chat, part, models, c_scale, mode, lambdas, strong, bootstrap, seed, diagnostics=True)
         res["n_test_incomplete_dropped"] = len(rows) - len(complete)
         if chosen != DEFAULT_PARAMS:
             q0, c0 = predict(sims, idx, tr.scores, tr.costs, prior, cost_prior, DEFAULT_PARAMS)
@@ -664,6 +863,7 @@ __all__ = [
     "eval_routing",
     "knn",
     "lambda_grid",
+    "lambda_path",
     "predict",
     "read_outcomes",
     "score_test",

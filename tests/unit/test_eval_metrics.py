@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,21 @@ from batchroute.evaluation.metrics import (
     min_cost_reaching,
     nondecreasing_convex_hull,
     pgr,
+    roc_auc,
     shrunk_quality,
     threshold_curve,
     top_confusions,
 )
 from batchroute.evaluation.routing import (
     KnnParams,
+    OutcomeSet,
     boilerplate_lines,
     knn,
     lambda_grid,
+    lambda_path,
     predict,
+    router_points,
+    score_test,
     strip_lines,
 )
 
@@ -208,6 +214,55 @@ def test_lambda_grid_reaches_cheapest_everywhere() -> None:
     assert (top.argmax(axis=1) == 1).all()
 
 
+def test_roc_auc_hand_computed() -> None:
+    # Positives score .35 and .8, negatives .1 and .4: pairs (.35>.1), (.35<.4), (.8>.1), (.8>.4) -> 3/4
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert roc_auc([1.0, 1.0, 1.0], [0, 1, 1]) == pytest.approx(0.5)      # ties count half
+    assert roc_auc([1.0, 2.0], [1, 1]) is None                           # one class only
+    assert roc_auc([1.0, 2.0], [0.5, 1.0]) is None                       # not binary
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lambda_path_is_the_exact_curve_of_decide(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, m = 30, 6
+    q, c = rng.random((n, m)), rng.random((n, m))
+    if seed % 2:
+        q, c = np.round(q, 1), np.round(c, 1)          # many ties between models and switch points
+    s, tc = rng.integers(0, 2, (n, m)).astype(float), rng.random((n, m))
+    path = lambda_path(q, c, s, tc, keep_choices=True)
+    lams = [p["lambda"] for p in path]
+    assert lams[0] == 0.0 and all(a < b for a, b in itertools.pairwise(lams))
+    # Between two switch points decide() holds the path's decision ...
+    mids = [(a + b) / 2 for a, b in itertools.pairwise([*lams, lams[-1] * 2 + 1])]
+    for pt, ref in zip(path, router_points(q, c, s, tc, mids), strict=True):
+        assert (pt["choice"] == ref["choice"]).all()
+        assert (pt["cost"], pt["quality"]) == pytest.approx((ref["cost"], ref["quality"]))
+    # ... and no λ gives a decision the path lacks; the last one is the cheapest model everywhere.
+    seen = {tuple(p["choice"]) for p in path}
+    assert all(tuple(r["choice"]) in seen for r in router_points(q, c, s, tc, np.linspace(0, lams[-1] * 1.2, 2000)))
+    assert (path[-1]["choice"] == router_points(q, c, s, tc, [1e9])[0]["choice"]).all()
+
+
+def test_chance_level_of_a_router_without_signal() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    s = (rng.random((n, 3)) < [0.5, 0.6, 0.8]).astype(float)
+    c = np.tile([0.1, 0.15, 1.0], (n, 1))
+    data = OutcomeSet([str(i) for i in range(n)], ["p"] * n, ["f"] * n, [{}] * n, s, c)
+    noise = rng.random((n, 3)) * 0.2 + [0.5, 0.6, 0.8]            # predictions unrelated to the rows
+    res = score_test(noise, c, data, ["a", "b", "c"], 1.0, "recorded", None, None, bootstrap=50, diagnostics=True)
+    ch = res["chance"]
+    assert ch["permutations"] == 50 and ch["aiq_gain_p_value"] > 0.05 and not ch["router_beats_chance"]
+    assert res["quality_auc"]["mean"] == pytest.approx(0.5, abs=0.08)
+    ub = res["upper_bounds"]
+    assert ub["oracle"]["aiq"] > res["aiq_router"]
+    assert ub["cheap_models_oracle"]["models"] == ["a", "b"]
+    # A router told the truth beats its own shuffles.
+    res = score_test(s, c, data, ["a", "b", "c"], 1.0, "recorded", None, None, bootstrap=50)
+    assert res["chance"]["aiq_gain_p_value"] < 0.05 and res["chance"]["router_beats_chance"]
+
+
 def test_boilerplate_lines_are_learnt_from_train_prompts() -> None:
     train = [f"Answer with a letter.\nQuestion {i}?\nAnswer:" for i in range(20)]
     lines = boilerplate_lines(train)
@@ -267,6 +322,8 @@ def test_eval_routing_two_models_call_share(tmp_path: Path) -> None:
     assert res["best_quality_at_half_cost"] is True
     lo, hi = res["aiq_gain_ci95"]
     assert lo <= res["aiq_gain"] <= hi
+    assert res["chance"]["apgr_mean"] == pytest.approx(0.5, abs=0.15) and res["chance"]["apgr_p_value"] < 0.05
+    assert res["upper_bounds"]["oracle"]["apgr"] >= res["apgr"]
 
 
 def test_eval_routing_recorded_costs(tmp_path: Path) -> None:
@@ -281,3 +338,25 @@ def test_eval_routing_recorded_costs(tmp_path: Path) -> None:
     assert res["router_max_quality"] == pytest.approx(1.0)
     assert res["cost_ratio_at_best_quality"] == pytest.approx(0.55)   # (5 * 0.01 + 5 * 0.001) / 10 / 0.01
     assert res["oracle"] == {"cost": pytest.approx(0.0055), "quality": pytest.approx(1.0)}
+    assert res["upper_bounds"]["oracle"]["cost_ratio_at_best_quality"] == pytest.approx(0.55)
+    assert res["quality_auc"]["per_model"]["weak"] == pytest.approx(1.0)   # hard vs easy, perfectly
+    assert res["quality_auc"]["per_model"]["strong"] is None                # always right: no AUC
+
+
+def test_eval_routing_printout_shows_the_chance_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from batchroute import eval_cli
+    from batchroute.evaluation import eval_routing
+
+    f = _write(tmp_path / "two.jsonl", _rows(40, "train", costs=False) + _rows(10, "test", costs=False))
+    rep = eval_routing([f], [f], embedder=_FakeEmbedder(), bootstrap=50)
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(eval_cli, "out", console)
+    eval_cli.print_routing(rep)
+    text = console.export_text()
+    chance = rep["tests"]["two.jsonl"]["chance"]
+    assert chance["permutations"] == 50
+    assert f"chance.apgr_p_value {chance['apgr_p_value']:.4f}".split() == \
+        [line for line in text.splitlines() if "chance.apgr_p_value" in line][0].replace("│", " ").split()
+    assert "chance.router_beats_chance" in text and "quality_auc.mean" in text
