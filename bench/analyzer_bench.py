@@ -52,7 +52,7 @@ from batchroute.analyzer import (  # noqa: E402
     Embedder,
     ExemplarIndex,
 )
-from batchroute.analyzer.embedder import encode_plain  # noqa: E402
+from batchroute.analyzer.embedder import PRECISIONS, encode_plain  # noqa: E402
 from batchroute.evaluation.labels import iter_jsonl  # noqa: E402
 from batchroute.taxonomy import DOMAINS  # noqa: E402
 
@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--tail-words", type=int, default=None)
     ap.add_argument("--max-seq-length", type=int, default=None)
     ap.add_argument("--fp32", action="store_true", help="do not quantise the model")
+    ap.add_argument("--precision", choices=PRECISIONS, default=None,
+                    help="embedding precision (default: what quantize picks on this CPU)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="timed runs of each side (best counts)")
     ap.add_argument("--throughput-only", action="store_true", help="skip the accuracy runs")
@@ -200,12 +202,14 @@ def main() -> None:
     demo = read_jsonl(sorted(DEMO_DIR.glob("*.jsonl")))
     report: dict[str, Any] = {"prompts": {"demo": len(demo), "shared": len(shared)},
                               "config": {"prep": prep.key(), "quantize": not args.fp32,
+                                         "precision": Embedder(quantize=not args.fp32,
+                                                               precision=args.precision).precision,
                                          "k": args.k, "temperature": args.temperature,
                                          "chunk": args.chunk, "prior_adaptation": not args.no_prior_adaptation}}
 
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "index"
-        fast = Embedder(prep=prep, quantize=not args.fp32, batch_size=args.batch_size,
+        fast = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size,
                         cache_dir=args.embed_cache)
         t0 = time.perf_counter()
         analyzer = Analyzer(ExemplarIndex.load_or_build(args.exemplars, fast, cache_dir), fast,
@@ -222,7 +226,7 @@ def main() -> None:
         # Throughput first, on a cold embedding cache (a new Embedder has an empty LRU).
         batch = mixed_batch(read_jsonl(shared_files), demo, args.mixed)
         long_share = sum(len(p.split()) >= 200 for p in batch) / max(len(batch), 1)
-        cold = Embedder(prep=prep, quantize=not args.fp32, batch_size=args.batch_size)
+        cold = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size)
         # Both models see a few unrelated texts first: the first forward passes are slow.
         warmup = ["a warm-up sentence", "another short text to warm the kernels up " * 20]
         cold.encode(warmup)

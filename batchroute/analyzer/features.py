@@ -53,10 +53,13 @@ SCAN_CHARS = SCAN_HEAD_CHARS + SCAN_TAIL_CHARS
 _I = re.IGNORECASE
 _WORD = re.compile(r"\S+")
 _CODE_FENCE = re.compile(r"```|~~~")
+# The keyword alternatives share one leading \b (sre then rejects most positions with a single
+# test instead of ~20): ~5x faster and the same matches, since no keyword can start where one
+# of the symbol alternatives (#include, =>, ->, ::, console.log) does.
 _CODE_TOKENS = re.compile(
-    r"(?:\bdef |\bclass |\breturn\b|\bimport |#include|\bpublic |\bprivate |\bfunction\b|=>|->|::|"
-    r"\bconst |\blet |\bvar |\bfor \(|\bwhile \(|\bif \(|\bSELECT\b|\bFROM\b|\bWHERE\b|\bprint\(|"
-    r"console\.log|\bself\.|\bnull\b|\bNone\b|[{};][ \t]*$|\w\(\)|\w\[\w*\]|\$\w+|</?\w+>)",
+    r"(?:\b(?:def |class |return\b|import |public |private |function\b|const |let |var |for \(|while \(|"
+    r"if \(|SELECT\b|FROM\b|WHERE\b|print\(|self\.|null\b|None\b)|#include|=>|->|::|console\.log|"
+    r"[{};][ \t]*$|\w(?:\(\)|\[\w*\])|\$\w+|</?\w+>)",
     re.MULTILINE,
 )
 _DIGIT = re.compile(r"\d")
@@ -71,7 +74,10 @@ _QUANTITY_QUESTION = re.compile(
     r"average|difference|cost|price|number|amount|probability|value|area|percentage)|calculate|"
     r"compute|find the|what percent|how much more|how many more)\b",
     re.IGNORECASE)
+# The lookahead only skips positions where no alternative can start (a letter not followed by
+# [=^(], or a space): 2x faster, same matches.
 _EQUATION = re.compile(
+    r"(?=[^a-z\s]|[a-z]\s*[=^(])"
     r"(?:\d\s*[-+*/^=<>×÷]\s*[\d(a-z]|[a-z]\s*[=^]\s*[-\d(a-z]|\\frac|\\sqrt|\\int|\\sum|√|∫|∑|π|"
     r"\b[a-z]\(\w\)|\b\d+\s*%|\$\s?\d)",
     _I,
@@ -83,8 +89,15 @@ _BLOCK_LABEL = re.compile(
     r"chat|excerpt|sentence|comment|ticket|invoice|resume|cv|data|record|description)\s*[:\-]",
     _I,
 )
+# _BLOCK_LABEL.search is done as two scans with the same leftmost match (in _text_block_share):
+# one anchored at the start, one that starts with a literal "\n", which sre finds with a fast
+# string search instead of trying the whole pattern at every position (~10x faster).
+_BLOCK_LABEL_AT_START = re.compile(_BLOCK_LABEL.pattern.replace("(?:^|\\n)", "", 1), _I)
+_BLOCK_LABEL_AFTER_NEWLINE = re.compile(_BLOCK_LABEL.pattern.replace("(?:^|\\n)", "\\n", 1), _I)
 _COLON_NEWLINE = re.compile(r":\s*\n")
-_QUOTED_BLOCK = re.compile(r"(\"\"\"|'''|\"[^\"\n]{120,}\"|“[^”]{120,}”|^>.*$)", re.MULTILINE)
+# A "> " quote line is matched as ">" not preceded by a character other than "\n" (that is, ^>):
+# every alternative then starts with a literal, so sre skips the other characters in C (~5x).
+_QUOTED_BLOCK = re.compile(r"(\"\"\"|'''|\"[^\"\n]{120,}\"|“[^”]{120,}”|>(?<![^\n]>).*$)", re.MULTILINE)
 _QUESTION_START = re.compile(
     r"^\s*(?:what|why|how|who|whom|whose|when|where|which|is|are|was|were|do|does|did|can|could|"
     r"should|would|will|has|have|explain|describe)\b",
@@ -204,7 +217,10 @@ def _text_block_share(text: str, words: int) -> tuple[float, float]:
     if words < 25:
         return 0.0, 0.0
     starts: list[int] = []
-    for pattern in (_BLOCK_LABEL, _COLON_NEWLINE, _CODE_FENCE, _QUOTED_BLOCK):
+    label = _BLOCK_LABEL_AT_START.match(text) or _BLOCK_LABEL_AFTER_NEWLINE.search(text)
+    if label is not None:
+        starts.append(label.end())
+    for pattern in (_COLON_NEWLINE, _CODE_FENCE, _QUOTED_BLOCK):
         m = pattern.search(text)
         if m is not None:
             starts.append(m.end())
@@ -215,7 +231,7 @@ def _text_block_share(text: str, words: int) -> tuple[float, float]:
             starts.append(len(paras[0]))
     if not starts:
         return 0.0, 0.0
-    block_words = len(_WORD.findall(text[min(starts):]))
+    block_words = len(text[min(starts):].split())
     share = block_words / words
     return (1.0 if block_words >= 25 and share >= 0.4 else 0.0), share
 
@@ -230,7 +246,7 @@ def extract_features(prompt: str) -> dict[str, float]:
     # to tell code, maths or pasted text apart, and it bounds the cost on huge prompts.
     text = prompt if len(prompt) <= SCAN_CHARS else prompt[:SCAN_HEAD_CHARS] + "\n" + prompt[-SCAN_TAIL_CHARS:]
     n_chars = len(prompt)
-    tokens = _WORD.findall(text)
+    tokens = text.split()  # the same words as _WORD.findall (both split on str.isspace), 2x faster
     words = len(tokens) if len(prompt) <= SCAN_CHARS else len(prompt.split())
     head = " ".join(tokens[:80])
     tail = " ".join(tokens[-60:])
@@ -242,6 +258,7 @@ def extract_features(prompt: str) -> dict[str, float]:
     n_lines = text.count("\n") + 1
     digits = len(_DIGIT.findall(text))
     stripped = prompt.strip()
+    n_numbers = len(_NUMBER.findall(ask_l))
     feats = {
         "log_words": min(math.log1p(words) / math.log1p(2000), 1.0),
         "log_chars": min(math.log1p(n_chars) / math.log1p(12000), 1.0),
@@ -251,10 +268,10 @@ def extract_features(prompt: str) -> dict[str, float]:
         "starts_with_code": 1.0 if _CODE_START.match(text) else 0.0,
         "digit_density": min(digits / max(len(text), 1) * 10.0, 1.0),
         "equation_density": _squash(float(len(_EQUATION.findall(text.lower()))), 3.0),
-        "numeric_question": 1.0 if len(_NUMBER.findall(ask_l)) >= 2 and _QUANTITY_QUESTION.search(ask_l)
+        "numeric_question": 1.0 if n_numbers >= 2 and _QUANTITY_QUESTION.search(ask_l)
         else 0.0,
         # Each quantity in a word problem is usually one more step.
-        "number_count": _squash(float(len(_NUMBER.findall(ask_l))), 4.0),
+        "number_count": _squash(float(n_numbers), 4.0),
         "has_text_block": block,
         "text_block_share": share,
         "question": 1.0 if stripped.endswith("?") or "?" in tail[-200:] else 0.0,

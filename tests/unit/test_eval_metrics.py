@@ -358,5 +358,5 @@ def test_eval_routing_printout_shows_the_chance_level(tmp_path: Path, monkeypatc
     chance = rep["tests"]["two.jsonl"]["chance"]
     assert chance["permutations"] == 50
     assert f"chance.apgr_p_value {chance['apgr_p_value']:.4f}".split() == \
-        [line for line in text.splitlines() if "chance.apgr_p_value" in line][0].replace("│", " ").split()
+        next(line for line in text.splitlines() if "chance.apgr_p_value" in line).replace("│", " ").split()
     assert "chance.router_beats_chance" in text and "quality_auc.mean" in text

@@ -127,3 +127,46 @@ def test_exemplar_reader_keeps_prompts_with_unicode_line_separators(tmp_path: Pa
     assert problems == []
     assert [e.id for e in exemplars] == ["a", "b"]
     assert prompts == ["first\u2028second", "x\x85y"]
+
+
+# The patterns as first written. features.py runs faster rewrites of them; these tests pin that
+# every rewrite finds exactly the same matches (or the same leftmost match end).
+_ORIGINAL_CODE_TOKENS = (
+    r"(?:\bdef |\bclass |\breturn\b|\bimport |#include|\bpublic |\bprivate |\bfunction\b|=>|->|::|"
+    r"\bconst |\blet |\bvar |\bfor \(|\bwhile \(|\bif \(|\bSELECT\b|\bFROM\b|\bWHERE\b|\bprint\(|"
+    r"console\.log|\bself\.|\bnull\b|\bNone\b|[{};][ \t]*$|\w\(\)|\w\[\w*\]|\$\w+|</?\w+>)")
+_ORIGINAL_EQUATION = (
+    r"(?:\d\s*[-+*/^=<>×÷]\s*[\d(a-z]|[a-z]\s*[=^]\s*[-\d(a-z]|\\frac|\\sqrt|\\int|\\sum|√|∫|∑|π|"
+    r"\b[a-z]\(\w\)|\b\d+\s*%|\$\s?\d)")
+_ORIGINAL_QUOTED_BLOCK = r"(\"\"\"|'''|\"[^\"\n]{120,}\"|“[^”]{120,}”|^>.*$)"
+_PIECES = ["\n", "\n\n", " ", "\t", ">", "> quote", "Text:", "text -", "EMAIL:", "\n  review:", ":\n", "```",
+           '"""', "'''", '"' + "x" * 130 + '"', "“" + "y" * 125 + "”", "def ", "return", "#include", "=>", "->",
+           "::", "for (", "SELECT", "print(", "console.log", "self.", "None", "{", ";", "f()", "a[1]", "$x",
+           "<div>", "</p>", "3 + 4", "x = 5", "x^2", "\\frac", "√", "π", "f(x)", "10 %", "$ 5", "İ", "ſ", "é",
+           "\u2028", "\u00a0", "word", "Hello", "?", "42", "3.5"]
+
+
+def _random_texts(n: int) -> list[str]:
+    import random
+
+    rng = random.Random(7)
+    return ["".join(rng.choice(_PIECES) + rng.choice(["", " ", "\n", "x"]) for _ in range(rng.choice([1, 5, 30, 200])))
+            for _ in range(n)] + [REVIEW, EMAIL, "", "\n> q\n>x", ">a\n"]
+
+
+def test_rewritten_patterns_match_the_originals() -> None:
+    import re
+
+    from batchroute.analyzer import features as F
+
+    code, equation = re.compile(_ORIGINAL_CODE_TOKENS, re.MULTILINE), re.compile(_ORIGINAL_EQUATION)
+    quoted, label = re.compile(_ORIGINAL_QUOTED_BLOCK, re.MULTILINE), F._BLOCK_LABEL
+    for text in _random_texts(3000):
+        assert F._CODE_TOKENS.findall(text) == code.findall(text)
+        assert F._EQUATION.findall(text.lower()) == equation.findall(text.lower())
+        q, q0 = F._QUOTED_BLOCK.search(text), quoted.search(text)
+        assert (q and q.span()) == (q0 and q0.span())
+        m = F._BLOCK_LABEL_AT_START.match(text) or F._BLOCK_LABEL_AFTER_NEWLINE.search(text)
+        m0 = label.search(text)
+        assert (m and m.end()) == (m0 and m0.end())
+        assert text.split() == F._WORD.findall(text)

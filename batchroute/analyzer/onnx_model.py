@@ -1,0 +1,124 @@
+"""The embedding model as an int8 ONNX Runtime graph: the fast precision on CPUs without bf16.
+
+The SentenceTransformer's transformer is exported to ONNX (torch's TorchScript exporter, opset
+17) and dynamically quantised by onnxruntime: int8 weights with one scale per output channel and
+a 7-bit range (``reduce_range``), because CPUs without VNNI (AVX2) saturate u8 x s8 products at
+the full 8-bit range. The result is built once and cached on disk as
+``<cache_dir>/minilm-<key>.onnx``; the key hashes the weights and the library versions, and a
+finished file appears by atomic rename, so processes share it and never read a half-written one.
+
+Measured on an AMD EPYC (AVX2, 2 cores), 300-prompt mixed job prepared to 64 tokens
+(``/tmp`` experiment, the same batching for all): torch fp32 87 prompts/s; torch int8 dynamic
+135/s, mean cosine to fp32 0.976 (min 0.936); ONNX Runtime fp32 106/s; this graph 152/s, mean
+cosine 0.991 (min 0.975). Excluding the feed-forward down-projections from quantisation raised
+the cosine to 0.996 but the speed fell to 121/s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchroute.errors import AnalyzerError
+
+log = logging.getLogger(__name__)
+
+# Bump when the export or quantisation recipe changes: old files are then never loaded.
+RECIPE = "onnx17-int8pc-rr-v1"
+
+# (input_ids, attention_mask) int64 (batch, seq) -> last hidden state float32 (batch, seq, dim)
+Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def available() -> bool:
+    """Whether onnxruntime and onnx (needed to export and quantise) can be imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def model_key(model_path: Path) -> str:
+    """A short hash naming the quantised graph of the model at ``model_path``."""
+    import onnxruntime
+    import torch
+
+    h = hashlib.sha256(f"{RECIPE}|{onnxruntime.__version__}|{torch.__version__}".encode())
+    for f in sorted(model_path.glob("*.safetensors")) + sorted(model_path.glob("*.bin")):
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _export(model: Any, out: Path) -> None:
+    """Write the quantised ONNX graph of the SentenceTransformer ``model``'s transformer to ``out``."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    class _Hidden(torch.nn.Module):
+        def __init__(self, transformer: Any) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+            "hidden": {0: "batch", 1: "seq"}}
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        quant = Path(tmp) / "int8.onnx"
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants
+            torch.onnx.export(_Hidden(model[0].auto_model).eval(), example, str(fp32),
+                              input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        quantize_dynamic(str(fp32), str(quant), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=True)
+        os.replace(quant, out)
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def load(model: Any, model_path: Path, cache_dir: Path, threads: int) -> Forward:
+    """The quantised graph of ``model`` (building and caching it first if needed) as a forward function.
+
+    ``threads``: intra-op threads of the session (use the cores the process may use).
+    Raises AnalyzerError when the graph cannot be built or loaded.
+    """
+    try:
+        import onnxruntime as ort
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        path = cache_dir / f"minilm-{model_key(model_path)}.onnx"
+        with _BUILD_LOCK:
+            if not path.exists():
+                log.info("exporting the embedding model to int8 ONNX (once per machine): %s", path)
+                _export(model, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # export, quantisation or session errors all mean: not usable
+        raise AnalyzerError(f"cannot build or load the int8 ONNX embedding model in {cache_dir}: {exc}") from exc
+
+    def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        hidden: np.ndarray = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        return hidden
+
+    return forward
+
+
+__all__ = ["RECIPE", "Forward", "available", "load", "model_key"]

@@ -1,0 +1,75 @@
+"""Embedder precisions with the real model: the direct path, bf16/int8/ONNX int8 against fp32, config keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchroute.analyzer import Embedder, PrepConfig, onnx_model
+from batchroute.analyzer.embedder import _encode_direct, _load_model, _torch_forward, native_bf16
+from batchroute.errors import AnalyzerError
+
+pytestmark = pytest.mark.model
+
+TEXTS = ["Write a haiku", "What is 2+2?", "Summarize this email: " + "the meeting moved to Thursday. " * 30,
+         "def f(x):\n    return x[0]  # fix the bug", "Solve for x: 3x + 7 = 22", "a"]
+
+
+def test_direct_path_matches_sentence_transformers_encode() -> None:
+    emb = Embedder(precision="fp32", cache_size=0)
+    model, _ = _load_model(emb.model_path, "fp32")
+    model.max_seq_length = 64
+    stock = model.encode(TEXTS, batch_size=4, convert_to_numpy=True, normalize_embeddings=True,
+                         show_progress_bar=False)
+    direct = _encode_direct(model.tokenizer, _torch_forward(model), TEXTS, 64, 4)
+    assert direct.dtype == np.float32 and direct.shape == (len(TEXTS), 384)
+    assert np.abs(direct - stock).max() < 1e-5
+
+
+@pytest.mark.parametrize(("precision", "min_cos"), [("bf16", 0.999), ("int8", 0.9), ("ort-int8", 0.95)])
+def test_reduced_precision_vectors_stay_close_to_fp32(precision: str, min_cos: float) -> None:
+    ref = Embedder(precision="fp32", cache_size=0).encode(TEXTS)
+    vecs = Embedder(precision=precision, cache_size=0).encode(TEXTS)
+    assert vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(vecs * ref, axis=1))) > min_cos
+
+
+def test_precision_choice_and_config_key() -> None:
+    assert Embedder(quantize=False).precision == "fp32"
+    assert Embedder().precision == ("bf16" if native_bf16() else "ort-int8")
+    assert Embedder(precision="int8").quantize and not Embedder(precision="fp32").quantize
+    keys = {Embedder(precision=p, prep=PrepConfig()).config_key for p in ("fp32", "bf16", "int8", "ort-int8")}
+    assert len(keys) == 4
+    assert Embedder(precision="int8").config()["precision"] == "int8"
+    with pytest.raises(AnalyzerError):
+        Embedder(precision="fp16")
+
+
+def test_onnx_graph_is_built_once_and_reused(tmp_path: Path) -> None:
+    from batchroute.analyzer import embedder as E
+
+    emb = Embedder(precision="ort-int8", cache_size=0, model_dir=tmp_path)
+    E._FORWARDS.pop((str(emb.model_path), "ort-int8"), None)   # one session per process: start afresh
+    first = emb.encode(TEXTS)
+    graphs = list(tmp_path.glob("minilm-*.onnx"))
+    assert [g.name for g in graphs] == [f"minilm-{onnx_model.model_key(emb.model_path)}.onnx"]
+    assert list(tmp_path.iterdir()) == graphs            # no temporary files left behind
+    mtime = graphs[0].stat().st_mtime_ns
+    # A fresh process would load the file: drop the in-process session and load again.
+    E._FORWARDS.pop((str(emb.model_path), "ort-int8"))
+    again = Embedder(precision="ort-int8", cache_size=0, model_dir=tmp_path).encode(TEXTS)
+    assert graphs[0].stat().st_mtime_ns == mtime
+    assert np.allclose(first, again, atol=1e-6)
+
+
+def test_unwritable_model_dir_is_a_clear_error(tmp_path: Path) -> None:
+    from batchroute.analyzer import embedder as E
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    E._FORWARDS.pop((str(Embedder().model_path), "ort-int8"), None)
+    with pytest.raises(AnalyzerError, match="int8 ONNX embedding model"):
+        Embedder(precision="ort-int8", cache_size=0, model_dir=blocker / "models").encode(["x"])
