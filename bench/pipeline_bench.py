@@ -74,7 +74,7 @@ def run(prompts: int = 10_000, database_url: str = DEFAULT_PG, broker_url: str =
     """Run the benchmark and return its figures (see module docstring)."""
     import redis
     from sqlalchemy import func, select
-    from sqlmodel import Session
+    from sqlmodel import Session, col
 
     from batchroute.db import get_engine, migrate
     from batchroute.jobs import JobOptions, job_status, submit_job
@@ -122,11 +122,11 @@ def run(prompts: int = 10_000, database_url: str = DEFAULT_PG, broker_url: str =
                     break
                 time.sleep(0.5)
             with Session(get_engine()) as s:
-                last = s.exec(select(func.max(Result.created_at)).where(Result.job_id == report.job_id)).one()[0]  # type: ignore[call-overload]
+                last = s.exec(select(func.max(Result.created_at)).where(col(Result.job_id) == report.job_id)).one()[0]  # type: ignore[call-overload]
                 n_results = s.exec(select(func.count()).select_from(Result).where(  # type: ignore[call-overload]
-                    Result.job_id == report.job_id)).one()[0]
+                    col(Result.job_id) == report.job_id)).one()[0]
                 n_distinct = s.exec(select(func.count(func.distinct(Result.request_id))).where(  # type: ignore[call-overload]
-                    Result.job_id == report.job_id)).one()[0]
+                    col(Result.job_id) == report.job_id)).one()[0]
             elapsed = time.perf_counter() - t0
             # End to end = first line read to the last result committed (taken from Postgres).
             if last is not None and st["state"] == "completed":
