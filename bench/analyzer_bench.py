@@ -29,7 +29,6 @@ import argparse
 import itertools
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ from batchroute.analyzer import (  # noqa: E402
     ExemplarIndex,
 )
 from batchroute.analyzer.embedder import PRECISIONS, encode_plain  # noqa: E402
-from batchroute.evaluation.labels import iter_jsonl  # noqa: E402
+from batchroute.evaluation.labels import analyze_as_jobs, iter_jsonl  # noqa: E402
 from batchroute.taxonomy import DOMAINS  # noqa: E402
 
 DEMO_DIR = ROOT / "batchroute" / "data" / "demo"
@@ -126,24 +125,6 @@ def evaluate(analyses: Sequence[Analysis], rows: Sequence[dict[str, Any]]) -> di
         by_file.setdefault(r["_file"], []).append(a.domain == r["domain"])
     out["domain_accuracy_by_file"] = {f: round(sum(v) / len(v), 3) for f, v in sorted(by_file.items())}
     return out
-
-
-def analyze_as_jobs(analyzer: Analyzer, rows: Sequence[dict[str, Any]], chunk: int) -> list[Analysis]:
-    """Analyses of ``rows`` as the pipeline makes them: each source file is one job, analysed in
-    chunks of ``chunk`` prompts (the analyze stage's message size), in a fixed shuffled order so
-    a file sorted by category does not hand the label-prior adaptation ready-made chunks."""
-    out: list[Analysis | None] = [None] * len(rows)
-    by_file: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_file.setdefault(r["_file"], []).append(i)
-    rng = random.Random(0)
-    for ix in by_file.values():
-        rng.shuffle(ix)
-        for s in range(0, len(ix), chunk):
-            part = ix[s:s + chunk]
-            for i, a in zip(part, analyzer.analyze([rows[i]["prompt"] for i in part]), strict=True):
-                out[i] = a
-    return [a for a in out if a is not None]
 
 
 def mixed_batch(shared: Sequence[dict[str, Any]], demo: Sequence[dict[str, Any]], n: int) -> list[str]:
