@@ -379,7 +379,14 @@ class Embedder:
     @property
     def config_key(self) -> str:
         """Names everything that changes a vector: model, precision, preparation."""
-        return f"{self.model_name}|{_PRECISION_TAG[self.precision]}|{self.prep.key()}"
+        tag = _PRECISION_TAG[self.precision]
+        if self.precision == "ort-int8":
+            # Another onnxruntime may quantise or compute slightly differently: never mix its
+            # vectors with cached ones (the graph file's own key includes the version too).
+            import importlib.metadata
+
+            tag += "-ort" + importlib.metadata.version("onnxruntime")
+        return f"{self.model_name}|{tag}|{self.prep.key()}"
 
     def config(self) -> dict[str, Any]:
         """The configuration as JSON-ready data (stored with an index)."""
