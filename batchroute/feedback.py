@@ -148,11 +148,18 @@ def sync_feedback(analyzer: Analyzer, force: bool = False) -> int:
 
     Cheap to call before every chunk: it checks at most every ``SYNC_EVERY_S`` unless ``force``.
     """
-    now = time.monotonic()
-    if not force and now - analyzer.feedback_checked_at < SYNC_EVERY_S:
-        return 0
-    analyzer.feedback_checked_at = now
-    priors = feedback_priors(analyzer)
+    with analyzer.feedback_lock:
+        # Under the lock: threads racing here would otherwise both read the same feedback_seen
+        # and learn the same rows twice (the index would get duplicates, the priors double counts).
+        now = time.monotonic()
+        if not force and now - analyzer.feedback_checked_at < SYNC_EVERY_S:
+            return 0
+        analyzer.feedback_checked_at = now
+        return _learn_new_feedback(analyzer, feedback_priors(analyzer))
+
+
+def _learn_new_feedback(analyzer: Analyzer, priors: FeedbackPriors) -> int:
+    """Add every feedback row after ``analyzer.feedback_seen`` to the index and ``priors``."""
     added = 0
     with get_engine().connect() as conn:
         while True:

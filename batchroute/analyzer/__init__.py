@@ -148,6 +148,8 @@ class Analyzer:
         self.fit_report: dict[str, dict[str, float]] = {}
         self.feedback_seen = 0  # highest feedback row id already added (see batchroute.feedback)
         self.feedback_checked_at = 0.0  # time.monotonic() of the last look for new feedback
+        # Held while feedback is read and learned, so two threads never learn the same rows twice.
+        self.feedback_lock = threading.Lock()
         # Searches and additions to the index (feedback) may come from different threads.
         self._index_lock = threading.RLock()
         self.fit()

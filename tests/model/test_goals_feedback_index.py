@@ -1,6 +1,7 @@
 """Job goals planned before dispatch, feedback learned by the analyzer, and `index build --from`."""
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_submit_with_min_quality_plans_then_runs(embedded: Path) -> None:
 
 def test_feedback_moves_predicted_quality(embedded: Path) -> None:
     from batchroute.analyzer import get_analyzer, reset_analyzer
-    from batchroute.feedback import sync_feedback
+    from batchroute.feedback import feedback_priors, sync_feedback
 
     prompt = "Translate the following legal clause into plain English for a tenant: 'The lessee shall indemnify.'"
     path = embedded / "one.jsonl"
@@ -85,6 +86,27 @@ def test_feedback_moves_predicted_quality(embedded: Path) -> None:
         assert len(analyzer.index) == n + 1 and analyzer.feedback_seen == 1
         after = analyzer.analyze([prompt])[0].predicted_quality("sim-llama-3-8b", prior=0.8)
         assert after < before - 0.05  # the same prompt now has a nearby 0.0 outcome for that model
+
+        # A fresh analyzer (feedback_seen 0) with four threads racing to sync learns the row once.
+        reset_analyzer()
+        fresh = get_analyzer()
+        n_fresh = len(fresh.index)
+        barrier = threading.Barrier(4)
+        learned: list[int] = []
+
+        def race() -> None:
+            barrier.wait()
+            learned.append(sync_feedback(fresh, force=True))
+
+        threads = [threading.Thread(target=race) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(learned) == [0, 0, 0, 1]
+        assert len(fresh.index) == n_fresh + 1 and fresh.feedback_seen == 1
+        cells = feedback_priors(fresh).cells
+        assert list(cells.values()) == [(1, 0.0)] and next(iter(cells))[0] == "sim-llama-3-8b"
     finally:
         reset_analyzer()  # the in-memory feedback row must not leak into later tests
 
