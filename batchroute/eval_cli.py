@@ -65,6 +65,10 @@ def print_routing(report: dict[str, Any]) -> None:
               f"({report['train_rows_dropped_overlap']} dropped: shared id/prompt with a test row); "
               f"cost: {report['cost_mode']}; kNN k={p['k']} strength={p['strength']} "
               f"temperature={p['temperature']}; {report['timing_s']['total']}s", highlight=False)
+    hint = f"BATCHROUTE_ANALYZER_OUTCOME_K={p['k']} BATCHROUTE_ANALYZER_OUTCOME_STRENGTH={p['strength']}"
+    if p["temperature"] is not None:
+        hint += f" (the analyzer weights neighbours by similarity, not temperature {p['temperature']})"
+    out.print(f"to route with these kNN settings: {hint}", highlight=False)
     if report.get("price_note"):
         out.print(f"[yellow]{report['price_note']}[/]")
     for name, res in report["tests"].items():

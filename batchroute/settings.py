@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     # Broker visibility timeout; must exceed the longest task (see README "Timeouts").
     visibility_timeout_s: float = Field(default=3600.0, gt=0)
     embed_batch_size: int = Field(default=64, ge=1)
+    # Nearest exemplars with outcomes behind a prompt's predicted quality per model, and the weight
+    # (in neighbours) of the model's prior against them; `batchroute eval routing` reports the
+    # values that cross-validate best on your outcome files.
+    analyzer_outcome_k: int = Field(default=20, ge=1, le=1000)
+    analyzer_outcome_strength: float = Field(default=5.0, gt=0)
     # Prompts of a job sampled to plan a budget or quality goal before dispatch.
     plan_sample_size: int = Field(default=1_000, ge=10, le=100_000)
     # Extra exemplar/outcome JSONL files or directories for the analyzer's index (a JSON list);

@@ -95,19 +95,22 @@ class Analysis:
     features: dict[str, float]
     outcome_stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     prior_adapted: bool = False
+    outcome_strength: float = 5.0
 
-    def predicted_quality(self, model_name: str, prior: float, strength: float = 5.0) -> float:
+    def predicted_quality(self, model_name: str, prior: float, strength: float | None = None) -> float:
         """Expected score of ``model_name`` on this prompt, in [0, 1].
 
         ``(sum_w * mean_score + strength * prior) / (sum_w + strength)``: the neighbours'
         observed scores shrunk toward ``prior`` (the registry's static quality), so a model
-        with few nearby outcomes stays close to its prior.
+        with few nearby outcomes stays close to its prior. ``strength`` defaults to the
+        analyzer's ``outcome_strength``.
         """
         stats = self.outcome_stats.get(model_name)
         if stats is None or stats[1] <= 0:
             return prior
         score_sum, weight_sum, _ = stats
-        return (score_sum + strength * prior) / (weight_sum + strength)
+        k = self.outcome_strength if strength is None else strength
+        return (score_sum + k * prior) / (weight_sum + k)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -123,6 +126,10 @@ class Analyzer:
         k: labeled neighbours that vote per axis.
         temperature: softness of the vote weights ``exp((sim - best) / temperature)``.
         outcome_k: neighbours carrying outcomes used for predicted quality.
+        outcome_strength: how many neighbours' worth of weight a model's prior has against
+            their scores (see :meth:`Analysis.predicted_quality`). ``batchroute eval routing``
+            reports the ``k`` and strength that cross-validate best on your outcome files; set
+            them with ``BATCHROUTE_ANALYZER_OUTCOME_K`` / ``..._OUTCOME_STRENGTH``.
         min_outcome_sim: outcome neighbours below this similarity are ignored.
         adapt_domain_prior: re-weight the domain probabilities of every ``analyze`` call of at
             least ``MIN_BATCH`` prompts to that batch's own label mix (EM; see
@@ -130,7 +137,7 @@ class Analyzer:
     """
 
     def __init__(self, index: ExemplarIndex, embedder: Embedder, *, k: int = 15,
-                 temperature: float = 0.05, outcome_k: int = 20,
+                 temperature: float = 0.05, outcome_k: int = 20, outcome_strength: float = 5.0,
                  min_outcome_sim: float = 0.3, adapt_domain_prior: bool = True) -> None:
         if not len(index):
             raise AnalyzerError(
@@ -142,6 +149,9 @@ class Analyzer:
         self.embedder = embedder
         self.k = k
         self.outcome_k = outcome_k
+        if outcome_k < 1 or not outcome_strength > 0:
+            raise AnalyzerError(f"outcome_k must be >= 1 and outcome_strength > 0, got {outcome_k}, {outcome_strength}")
+        self.outcome_strength = outcome_strength
         self.min_outcome_sim = min_outcome_sim
         self.adapt_domain_prior = adapt_domain_prior
         self.axes = {axis: AxisModel(len(names), k, temperature) for axis, names in AXES.items()}
@@ -219,7 +229,7 @@ class Analyzer:
                 style_confidence=float(s[si]),
                 domain_probs={name: float(p) for name, p in zip(DOMAINS, d, strict=True)},
                 neighbours=neighbours[i], features=feats[i], outcome_stats=outcome[i],
-                prior_adapted=adapted))
+                prior_adapted=adapted, outcome_strength=self.outcome_strength))
         return out
 
     def _neighbour(self, row: int, sim: float) -> Neighbour:
@@ -311,5 +321,7 @@ def get_analyzer() -> Analyzer:
             _SINGLETON = Analyzer.from_paths(
                 index_paths(),
                 embedder=Embedder(batch_size=settings.embed_batch_size),
-                cache_dir=settings.data_dir / "index")
+                cache_dir=settings.data_dir / "index",
+                outcome_k=settings.analyzer_outcome_k,
+                outcome_strength=settings.analyzer_outcome_strength)
         return _SINGLETON

@@ -16,6 +16,7 @@ from batchroute.analyzer import (
     ExemplarIndex,
     prepare_text,
 )
+from batchroute.errors import AnalyzerError
 from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
 
 pytestmark = pytest.mark.model
@@ -155,3 +156,11 @@ def test_predicted_quality_from_outcome_neighbours(analyzer: Analyzer, tmp_path:
     assert a.predicted_quality("big", prior=0.5) > 0.5 > a.predicted_quality("small", prior=0.5)
     assert a.predicted_quality("big", prior=0.5, strength=1e9) == pytest.approx(0.5)
     assert a.predicted_quality("unknown-model", prior=0.42) == 0.42
+    # outcome_k bounds the outcome neighbours; outcome_strength is the default shrinkage.
+    one = Analyzer(index, analyzer.embedder, outcome_k=1, outcome_strength=1e9)
+    [b] = one.analyze(["What is 14 * 14?"])
+    assert b.outcome_stats["big"][2] == 1
+    assert b.predicted_quality("big", prior=0.5) == pytest.approx(0.5)
+    assert b.predicted_quality("big", prior=0.5, strength=0.0) == pytest.approx(1.0)
+    with pytest.raises(AnalyzerError, match="outcome_k must be >= 1"):
+        Analyzer(index, analyzer.embedder, outcome_k=0)

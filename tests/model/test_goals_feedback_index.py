@@ -149,6 +149,19 @@ def test_index_build_from_adds_rows_and_skips_bad_lines(embedded: Path, monkeypa
         empty.write_text("{not json\n")
         res = runner.invoke(app, ["index", "build", "--from", str(empty)])
         assert res.exit_code == 2 and "bad.jsonl: no usable exemplar lines" in " ".join(res.output.split())
+
+        # The outcome kNN knobs (what `eval routing` recommends) reach the process-wide analyzer.
+        monkeypatch.setenv("BATCHROUTE_ANALYZER_OUTCOME_K", "3")
+        monkeypatch.setenv("BATCHROUTE_ANALYZER_OUTCOME_STRENGTH", "0.5")
+        get_settings.cache_clear()
+        reset_analyzer()
+        tuned = get_analyzer()
+        assert (tuned.outcome_k, tuned.outcome_strength) == (3, 0.5)
+        [a] = tuned.analyze(["Prove that sqrt(2) is irrational."])
+        score_sum, weight_sum, n = a.outcome_stats["sim-llama-3-8b"]
+        assert n == 1 and score_sum == pytest.approx(0.1 * weight_sum)
+        assert a.predicted_quality("sim-llama-3-8b", prior=0.8) == pytest.approx(
+            (score_sum + 0.5 * 0.8) / (weight_sum + 0.5))
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()

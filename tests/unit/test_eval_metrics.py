@@ -360,3 +360,6 @@ def test_eval_routing_printout_shows_the_chance_level(tmp_path: Path, monkeypatc
     assert f"chance.apgr_p_value {chance['apgr_p_value']:.4f}".split() == \
         next(line for line in text.splitlines() if "chance.apgr_p_value" in line).replace("│", " ").split()
     assert "chance.router_beats_chance" in text and "quality_auc.mean" in text
+    p = rep["params"]
+    assert (f"to route with these kNN settings: BATCHROUTE_ANALYZER_OUTCOME_K={p['k']} "
+            f"BATCHROUTE_ANALYZER_OUTCOME_STRENGTH={p['strength']}") in " ".join(text.split())
