@@ -399,9 +399,11 @@ def _register_extensions() -> None:
     from batchroute.cost_cli import register as register_costs
     from batchroute.cost_cli import register_bench as register_cost_bench
     from batchroute.eval_cli import register as register_eval
+    from batchroute.profile_cli import register as register_profile
     from batchroute.routing_cli import register as register_routing
 
     register_routing(app)
+    register_profile(app)
     register_costs(app)
     register_cost_bench(bench_app)
     register_eval(app)

@@ -1,11 +1,12 @@
-"""Commands about routing decisions: ``plan``, ``feedback``, ``profile`` and ``index build`` (thin).
+"""Commands about routing decisions: ``plan``, ``feedback`` and ``index build`` (thin).
 
 Registered by ``cli.py`` with :func:`register`::
 
     batchroute plan prompts.jsonl --budget 25              # predicted cost/quality curve, chosen λ
     batchroute feedback JOB_ID-42 --score 0.2              # an observed outcome; learned at once
-    batchroute profile --json                              # live per-model latency and error rates
     batchroute index build --from outcomes.jsonl           # add labeled prompts / outcomes to the index
+
+``batchroute profile`` (the profiler's live figures and history) lives in :mod:`batchroute.profile_cli`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,51 +81,6 @@ def feedback(
               highlight=False)
 
 
-def profile_report() -> dict[str, Any]:
-    """The profiler's live figures per registry model, as ``batchroute profile --json`` prints them."""
-    from batchroute.profiler import backend_name, get_profiler, live_model
-    from batchroute.registry import get_registry
-    from batchroute.settings import get_settings
-
-    settings = get_settings()
-    prof = get_profiler()
-    counts = prof.counts([m.name for m in get_registry().models])
-    return {
-        "backend": backend_name(settings), "half_life_s": settings.profile_half_life_s,
-        "min_samples": settings.profile_min_samples, "min_calls": settings.profile_min_calls,
-        "unhealthy_error_rate": settings.unhealthy_error_rate,
-        "models": {m: {"counts": {k: round(v, 3) for k, v in asdict(c).items()},
-                       **live_model(c, prof.policy).to_dict()} for m, c in counts.items()},
-    }
-
-
-@handles_errors
-def profile(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """Live per-model figures the router uses: latency ratio, error and 429 rates, health."""
-    report = profile_report()
-    if as_json:
-        out.print_json(data=report)
-        return
-    t = Table(title=f"live profile ({report['backend']}, half-life {report['half_life_s']:g}s)")
-    for col in ("model", "calls", "err rate", "timeouts", "429 rate", "samples", "ratio", "factor", "routing"):
-        t.add_column(col, justify="left" if col in ("model", "routing") else "right")
-    for name, m in report["models"].items():
-        t.add_row(name, f"{m['calls']:.1f}",
-                  "-" if m["observed_error_rate"] is None else f"{m['observed_error_rate']:.2f}",
-                  f"{m['counts']['timeouts']:.1f}",
-                  "-" if m["rate_limited_rate"] is None else f"{m['rate_limited_rate']:.2f}",
-                  f"{m['latency_samples']:.1f}", "-" if m["observed_ratio"] is None else f"{m['observed_ratio']:.2f}",
-                  f"{m['latency_factor']:.2f}", "avoided" if m["unhealthy"] else "used")
-    out.print(t)
-    out.print(f"ratio used after {report['min_samples']} recent successes, error rate after "
-              f"{report['min_calls']} calls; avoided at {report['unhealthy_error_rate']:g}", highlight=False)
-    for name, m in report["models"].items():
-        if m["unhealthy"]:
-            out.print(f"{name}: {m['unhealthy']}", highlight=False)
-    if report["backend"] == "memory":
-        err.print("in-process profile: it holds only this process's calls (set BATCHROUTE_REDIS_URL to share one)")
-
-
 @index_app.command("build")
 @handles_errors
 def index_build(
@@ -178,8 +133,7 @@ def index_build(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``plan``, ``feedback``, ``profile`` and ``index build`` to the ``batchroute`` app."""
+    """Add ``plan``, ``feedback`` and ``index build`` to the ``batchroute`` app."""
     app.command("plan")(plan)
     app.command("feedback")(feedback)
-    app.command("profile")(profile)
     app.add_typer(index_app, name="index")

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     profile_cache_s: float = Field(default=2.0, ge=0)
     # How long a provider worker sums attempts before writing them to the shared store.
     profile_flush_s: float = Field(default=1.0, ge=0)
+    # How often provider workers store the live figures in the database (profile_snapshots; 0 = never).
+    profile_snapshot_s: float = Field(default=60.0, ge=0)
 
     @property
     def user_exemplar_dir(self) -> Path:

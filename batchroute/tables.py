@@ -287,3 +287,36 @@ class Feedback(SQLModel, table=True):
     model: str = Field(max_length=200)
     score: float
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ProfileSnapshot(SQLModel, table=True):
+    """The profiler's live figures of one model at one moment (``batchroute profile --history``).
+
+    Written by provider workers every ``profile_snapshot_s`` (see :mod:`batchroute.profiler.snapshots`).
+    Counts are exponentially decayed sums (``profile_half_life_s``); rates and the ratio are the
+    observed ones (None without a sample); percentiles are None below ``profile_min_samples``.
+    """
+
+    __tablename__ = "profile_snapshots"
+    __table_args__ = (
+        Index("ix_profile_snapshots_model_taken", "model", "taken_at"),
+        Index("ix_profile_snapshots_taken", "taken_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    taken_at: datetime = Field(default_factory=utcnow)
+    model: str = Field(max_length=200)
+    source: str = Field(default="", max_length=200)  # redis:<prefix> (shared) or memory:<host>:<pid>
+    ok: float = 0.0
+    errors: float = 0.0
+    timeouts: float = 0.0
+    rate_limited: float = 0.0  # 429s
+    latency_samples: float = 0.0  # successes in the latency histogram
+    error_rate: float | None = None  # (errors + timeouts) / (ok + errors + timeouts)
+    rate_429: float | None = None  # 429s / every attempt
+    latency_ratio: float | None = None  # observed / registry-expected latency
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    unhealthy: bool = False
+    reason: str | None = Field(default=None, sa_column=Column(Text))  # why routing avoids it, if it does

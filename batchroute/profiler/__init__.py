@@ -7,12 +7,16 @@ The provider stage reports every attempt; the analyze stage reads a snapshot (ca
     prof = get_profiler()
     prof.observe("sim-gpt-4", "ok", observed_ms=840.0, expected_ms=1000.0)   # provider stage
     live = prof.snapshot(["sim-gpt-4", "sim-llama-3-8b"])                      # analyze stage
-    live["sim-gpt-4"].latency_ratio, live["sim-gpt-4"].unhealthy
+    live["sim-gpt-4"].latency_ratio, live["sim-gpt-4"].unhealthy, live["sim-gpt-4"].p95_ms
 
 What is kept per model, as exponentially decayed sums (half-life ``profile_half_life_s``): attempts
 by outcome (ok, error, timeout, 429) and, over successful attempts, the observed latency and the
 latency the registry expected for that very call (:func:`batchroute.pricing.expected_latency_ms`,
-the same figure the router uses). Routing multiplies the registry's expectation for a prompt by
+the same figure the router uses), and a histogram of observed latency in 44 fixed log-spaced buckets
+(10 ms to ~610 s, ratio 1.3), decayed the same way, from which :class:`LiveModel` reports p50, p95 and
+p99 latency (None below ``profile_min_samples``; within a factor 1.3 of the true decayed quantile,
+see :mod:`~batchroute.profiler.stats`). The percentiles are for people and history; routing uses
+the ratio, not them. Routing multiplies the registry's expectation for a prompt by
 the live ratio ``observed / expected``: the prompt's length and style stay factored out, and a
 model without recent data keeps ratio 1, so models with and without live data are compared in
 the same unit (what the registry says, corrected by what was seen). See :func:`live_model` for the
@@ -24,9 +28,18 @@ process (the embedded default, where both stages share the process); ``off`` rec
 ``auto`` picks ``redis`` when a Redis URL is configured. A backend failure never fails routing
 or a call: the snapshot keeps its last figures and the attempt's sample is dropped, with a warning.
 
-Modules: :mod:`~batchroute.profiler.stats` (the pure math: counts, decay, routing's view) and
-:mod:`~batchroute.profiler.stores` (the in-process and Redis stores); this module holds the
-per-process :class:`Profiler` and :func:`get_profiler`.
+History: a process that records attempts (the provider stage) also stores the figures in the
+database, one ``profile_snapshots`` row per model with data, at most every ``profile_snapshot_s``
+(``BATCHROUTE_PROFILE_SNAPSHOT_S``, 60; 0 = never), checked when it flushes and written off the
+event loop. With the Redis store one process of the whole deployment writes each period (a
+``SET NX`` claim), so rows are the shared figures; with the in-process store each process writes
+its own (``source`` tells them apart). A database or Redis failure there is logged and skipped,
+never raised into a call. ``batchroute profile --history`` reads them back.
+
+Modules: :mod:`~batchroute.profiler.stats` (the pure math: counts, decay, the latency histogram and
+its percentiles, routing's view), :mod:`~batchroute.profiler.stores` (the in-process and Redis
+stores) and :mod:`~batchroute.profiler.snapshots` (database snapshots and their history); this
+module holds the per-process :class:`Profiler` and :func:`get_profiler`.
 """
 
 from __future__ import annotations
@@ -40,16 +53,25 @@ from collections.abc import Callable, Iterable, Sequence
 
 from batchroute.errors import BatchrouteError
 from batchroute.profiler.stats import (
+    EMPTY_HIST,
+    LATENCY_BUCKET_RATIO,
+    LATENCY_BUCKETS,
+    LATENCY_EDGES_MS,
     MAX_LATENCY_RATIO,
     MAX_PENALISED_ERROR_RATE,
     MIN_LATENCY_RATIO,
     OUTCOMES,
+    PERCENTILES,
     Counts,
     LiveModel,
     Outcome,
     ProfilePolicy,
     attempt_counts,
+    bucket_bounds,
+    bucket_index,
     decay_factor,
+    latency_percentile,
+    latency_sample,
     live_model,
     outcome_of,
 )
@@ -72,10 +94,17 @@ class Profiler:
     With a remote store, observations are summed in this process and written at most every
     ``flush_s`` (one script call for all models), so the hot path never waits on Redis.
     ``store=None`` profiles nothing (``snapshot`` is empty).
+
+    With ``snapshot_s > 0`` and a ``snapshot_sink``, a flush at least ``snapshot_s`` after the last
+    snapshot (or after creation) calls ``snapshot_sink(self)`` (``get_profiler``'s writes every
+    registry model to the database), off the event loop if one runs in the flushing thread, when
+    ``store.claim_snapshot`` agrees; when another process holds the period's claim, it asks again
+    after ``snapshot_s / 4``. Whatever the sink raises is logged, never raised.
     """
 
     def __init__(self, store: ProfileStore | None, policy: ProfilePolicy | None = None, *, cache_s: float = 2.0,
-                 flush_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 flush_s: float = 1.0, clock: Callable[[], float] = time.monotonic, snapshot_s: float = 0.0,
+                 snapshot_sink: Callable[[Profiler], object] | None = None) -> None:
         self.store = store
         self.policy = policy or ProfilePolicy()
         self.cache_s = cache_s
@@ -87,6 +116,11 @@ class Profiler:
         self._cached: dict[str, LiveModel] = {}
         self._cached_key: tuple[str, ...] = ()
         self._cached_at: float | None = None
+        self.snapshot_s = snapshot_s
+        self._snapshot_sink = snapshot_sink
+        # When the next snapshot is due (None: snapshots off); _snapshotting: one is being written.
+        self._snapshot_due = clock() + snapshot_s if snapshot_sink is not None and snapshot_s > 0 else None
+        self._snapshotting = False
 
     def observe(self, model: str, outcome: Outcome, observed_ms: float = 0.0, expected_ms: float = 0.0) -> None:
         """Count one attempt of ``model`` (``observed_ms``/``expected_ms`` for a success). Never raises."""
@@ -111,7 +145,10 @@ class Profiler:
         loop.call_later(self.flush_s, lambda: loop.run_in_executor(None, self.flush))
 
     def flush(self) -> None:
-        """Write what was observed since the last flush. Never raises (a failed batch is dropped)."""
+        """Write what was observed since the last flush, then a database snapshot if one is due.
+
+        Never raises (a failed batch is dropped, a failed snapshot skipped, with a warning).
+        """
         with self._lock:
             batch, self._pending = self._pending, {}
             self._flush_due = None
@@ -121,6 +158,52 @@ class Profiler:
             self.store.record(batch)
         except BatchrouteError as exc:
             log.warning("profiler: %d model sample(s) dropped: %s", len(batch), exc)
+        self._snapshot_if_due()
+
+    def _snapshot_if_due(self) -> None:
+        due = self._snapshot_due
+        if due is None:
+            return
+        now = self._clock()  # checked without the lock first: a memory store flushes on every attempt
+        if now < due:
+            return
+        with self._lock:
+            if self._snapshotting or self._snapshot_due is None or now < self._snapshot_due:
+                return
+            self._snapshotting = True
+            self._snapshot_due = now + self.snapshot_s
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._write_snapshot()
+            return
+        try:  # the loop carrying the calls never waits on the database
+            loop.run_in_executor(None, self._write_snapshot)
+        except RuntimeError as exc:  # the loop's executor is shutting down
+            log.warning("profiler: snapshot not written: %s", exc)
+            with self._lock:
+                self._snapshotting = False
+
+    def _write_snapshot(self) -> None:
+        try:
+            if self.store is None or self._snapshot_sink is None:
+                return
+            if not self.store.claim_snapshot(self.snapshot_s):
+                # Another process writes this period's snapshot; ask again within the period.
+                with self._lock:
+                    self._snapshot_due = self._clock() + self.snapshot_s / 4
+                return
+            self._snapshot_sink(self)
+        except BatchrouteError as exc:
+            log.warning("profiler: snapshot not written: %s", exc)
+        except Exception:
+            # A snapshot is bookkeeping beside the calls: even a bug in it must not fail one.
+            log.exception("profiler: snapshot failed")
+        finally:
+            with self._lock:
+                self._snapshotting = False
 
     def counts(self, models: Sequence[str]) -> dict[str, Counts]:
         """The store's decayed counts now, uncached (raises BrokerError if the store fails)."""
@@ -185,16 +268,30 @@ def get_profiler() -> Profiler:
     with _profiler_lock:
         if _profiler is None or _profiler_key is None or _profiler_key[0] != key[0] or _profiler_key[1] is not settings:
             _profiler = Profiler(new_profile_store(settings), ProfilePolicy.from_settings(settings),
-                                 cache_s=settings.profile_cache_s, flush_s=settings.profile_flush_s)
+                                 cache_s=settings.profile_cache_s, flush_s=settings.profile_flush_s,
+                                 snapshot_s=settings.profile_snapshot_s, snapshot_sink=snapshot_registry_models)
             _profiler_key = key
         return _profiler
 
 
+def snapshot_registry_models(profiler: Profiler) -> int:
+    """``get_profiler``'s snapshot sink: every registry model's figures into the configured database."""
+    from batchroute.profiler.snapshots import snapshot_to_db
+    from batchroute.registry import get_registry
+
+    return snapshot_to_db(profiler, [m.name for m in get_registry().models])
+
+
 __all__ = [
+    "EMPTY_HIST",
+    "LATENCY_BUCKETS",
+    "LATENCY_BUCKET_RATIO",
+    "LATENCY_EDGES_MS",
     "MAX_LATENCY_RATIO",
     "MAX_PENALISED_ERROR_RATE",
     "MIN_LATENCY_RATIO",
     "OUTCOMES",
+    "PERCENTILES",
     "STORES",
     "TTL_HALF_LIVES",
     "Counts",
@@ -207,9 +304,14 @@ __all__ = [
     "RedisProfileStore",
     "attempt_counts",
     "backend_name",
+    "bucket_bounds",
+    "bucket_index",
     "decay_factor",
     "get_profiler",
+    "latency_percentile",
+    "latency_sample",
     "live_model",
     "new_profile_store",
     "outcome_of",
+    "snapshot_registry_models",
 ]

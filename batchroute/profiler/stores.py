@@ -1,14 +1,17 @@
 """Where the profiler's decayed counts live: in this process, or in Redis shared by every worker.
 
 :class:`ProfileStore` has two methods, ``record`` (decay to now, then add) and ``read`` (decayed to
-now). :class:`MemoryProfileStore` serves the embedded default; :class:`RedisProfileStore` keeps one
-hash per model updated by an atomic Lua script. :func:`new_profile_store` picks one from settings
-through the :data:`STORES` name registry.
+now), plus ``claim_snapshot`` (who writes the next Postgres snapshot) and ``source`` (whose figures
+a snapshot holds). :class:`MemoryProfileStore` serves the embedded default; :class:`RedisProfileStore`
+keeps one hash per model (the scalar sums and one field per latency bucket) updated by an atomic Lua
+script. :func:`new_profile_store` picks one from settings through the :data:`STORES` name registry.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -47,6 +50,19 @@ class ProfileStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def claim_snapshot(self, period_s: float) -> bool:
+        """True when this process should write the next snapshot of these figures (see Profiler).
+
+        A store whose figures are this process's own always says yes; a shared store says yes to
+        one process per ``period_s``. Raises BrokerError if the store cannot be asked.
+        """
+        return True
+
+    @property
+    def source(self) -> str:
+        """Whose figures these are, as stored with each snapshot row."""
+        return f"{type(self).__name__}:{socket.gethostname()}:{os.getpid()}"
+
 
 class MemoryProfileStore(ProfileStore):
     """Counts in this process (the embedded default, or a deployment without Redis). Thread-safe."""
@@ -73,10 +89,16 @@ class MemoryProfileStore(ProfileStore):
         return {m: Counts() if s is None else s[1].scaled(decay_factor(now - s[0], self.half_life_s))
                 for m, s in state.items()}
 
+    @property
+    def source(self) -> str:
+        """``memory:<host>:<pid>``: the figures of this process alone."""
+        return f"memory:{socket.gethostname()}:{os.getpid()}"
+
 
 # KEYS: one hash per model. ARGV: half_life_s, ttl_ms, then len(FIELDS) increments per key, in
-# FIELDS order. Decays each hash to Redis' own TIME (mirrors decay_factor) before adding, so
-# concurrent workers never lose an update and client clocks never matter.
+# FIELDS order (the scalar sums, then one per latency bucket). Decays each hash to Redis' own TIME
+# (mirrors decay_factor) before adding, so concurrent workers never lose an update and client
+# clocks never matter.
 _RECORD_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -106,8 +128,10 @@ class RedisProfileStore(ProfileStore):
     """Counts shared through Redis by every process using the same ``redis_url`` and ``prefix``.
 
     One hash per model, ``{<prefix>}:model:<name>``, with the decayed sums (fields named as
-    :class:`Counts`) and ``t``, the Redis time they were decayed to; each write resets a TTL of
-    ``TTL_HALF_LIVES`` half-lives. Raises BrokerError when Redis fails, ConfigError for a bad URL.
+    :class:`Counts`' scalars, then ``lat00`` .. ``lat43`` for the latency histogram's buckets) and
+    ``t``, the Redis time they were decayed to; each write resets a TTL of ``TTL_HALF_LIVES``
+    half-lives. ``{<prefix>}:snapshot`` marks a Postgres snapshot taken in the last period (see
+    :meth:`claim_snapshot`). Raises BrokerError when Redis fails, ConfigError for a bad URL.
     """
 
     def __init__(self, redis_url: str, half_life_s: float, prefix: str = "batchroute:profile",
@@ -155,9 +179,21 @@ class RedisProfileStore(ProfileStore):
             if row[0] is None:
                 out[m] = Counts()
                 continue
-            c = Counts(*(float(v) if v is not None else 0.0 for v in row[1:]))
+            c = Counts.from_values(float(v) if v is not None else 0.0 for v in row[1:])
             out[m] = c.scaled(decay_factor(now - float(row[0]), self.half_life_s))
         return out
+
+    def claim_snapshot(self, period_s: float) -> bool:
+        """Yes to the first process asking in each ``period_s``: ``SET NX PX`` on ``{<prefix>}:snapshot``."""
+        key = f"{{{self.prefix}}}:snapshot"
+        token = self.source + f":{socket.gethostname()}:{os.getpid()}"
+        ttl_ms = max(1, math.ceil(period_s * 1000))
+        return bool(self._call(lambda: self._client.set(key, token, nx=True, px=ttl_ms)))
+
+    @property
+    def source(self) -> str:
+        """``redis:<prefix>``: every worker's figures, shared."""
+        return f"redis:{self.prefix}"
 
     def close(self) -> None:
         self._client.close()

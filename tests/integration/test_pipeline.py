@@ -176,6 +176,7 @@ def assert_profile_matches_ledger(job_id: str, timeout_s: float = 15.0) -> None:
     assert got == ledger
     for m, c in counts.items():
         assert c.latency_n == pytest.approx(c.ok, abs=1e-6)
+        assert c.hist_n == pytest.approx(c.ok, abs=1e-6)  # every success in the latency histogram too
         assert c.errors == c.timeouts == c.rate_limited == 0
         if c.ok:  # the simulator runs at time scale 0: far faster than the registry expects
             assert c.observed_ms / c.expected_ms < 0.5, m

@@ -11,11 +11,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from batchroute.profiler import TTL_HALF_LIVES, Counts, ProfilePolicy, Profiler, RedisProfileStore
+from batchroute.profiler import (
+    EMPTY_HIST,
+    TTL_HALF_LIVES,
+    Counts,
+    MemoryProfileStore,
+    ProfilePolicy,
+    Profiler,
+    RedisProfileStore,
+    bucket_index,
+)
+from batchroute.profiler.stats import BUCKET_FIELDS, FIELDS
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +46,18 @@ def prefix(redis_url: str) -> Iterator[str]:
         client.close()
 
 
+def hist(*samples: tuple[float, float]) -> tuple[float, ...]:
+    """A histogram of (latency_ms, weight) pairs."""
+    out = list(EMPTY_HIST)
+    for ms, w in samples:
+        out[bucket_index(ms)] += w
+    return tuple(out)
+
+
 def test_record_read_decay_and_ttl(redis_url: str, prefix: str) -> None:
     store = RedisProfileStore(redis_url, half_life_s=1.0, prefix=prefix)
-    store.record({"a": Counts(ok=8, errors=4, latency_n=8, observed_ms=4_000, expected_ms=2_000),
+    store.record({"a": Counts(ok=8, errors=4, latency_n=8, observed_ms=4_000, expected_ms=2_000,
+                              latency_hist=hist((100.0, 6.0), (900.0, 2.0))),
                   "b": Counts(rate_limited=2)})
     now = store.read(["a", "b", "never"])
     assert now["never"] == Counts()
@@ -45,6 +65,11 @@ def test_record_read_decay_and_ttl(redis_url: str, prefix: str) -> None:
     # Decay keeps every ratio: the latency ratio and error rate are exact whatever the age.
     assert now["a"].observed_ms / now["a"].expected_ms == pytest.approx(2.0, rel=1e-12)
     assert now["a"].errors / now["a"].ok == pytest.approx(0.5, rel=1e-12)
+    # ...and so are the histogram's shape and its percentiles.
+    assert now["a"].latency_hist[9] / now["a"].ok == pytest.approx(0.75, rel=1e-12)
+    assert now["a"].latency_hist[18] / now["a"].ok == pytest.approx(0.25, rel=1e-12)
+    assert now["a"].percentile_ms(0.5) == pytest.approx(Counts(latency_hist=hist((100.0, 6.0), (900.0, 2.0)))
+                                                        .percentile_ms(0.5), rel=1e-9)
     client = redis.Redis.from_url(redis_url)
     try:
         ttl_ms = client.pttl(store.key("a"))
@@ -54,11 +79,13 @@ def test_record_read_decay_and_ttl(redis_url: str, prefix: str) -> None:
     time.sleep(1.0)
     later = store.read(["a"])["a"]
     assert later.ok / now["a"].ok == pytest.approx(0.5, abs=0.08)  # one half-life later (Redis clock)
+    assert later.hist_n == pytest.approx(later.ok, rel=1e-12)  # the histogram decays with the counts
     # A record decays the stored sums to now before adding.
     store.record({"a": Counts(ok=1)})
     after = store.read(["a"])["a"]
     assert after.ok == pytest.approx(later.ok + 1, rel=0.02)
     assert after.errors == pytest.approx(later.errors, rel=0.02)
+    assert after.hist_n == pytest.approx(later.hist_n, rel=0.02)  # the buckets were decayed before adding
 
 
 def test_concurrent_writers_lose_nothing(redis_url: str, prefix: str) -> None:
@@ -117,3 +144,94 @@ def test_redis_down_never_fails_routing_or_calls() -> None:
 
     with pytest.raises(BrokerError, match="profiler: Redis failed"):
         prof.counts(["a"])
+
+
+def test_lua_histogram_matches_the_memory_store(redis_url: str, prefix: str) -> None:
+    """The same observations, flushed in the same batches, give the same histogram in Redis and in memory."""
+    redis_store = RedisProfileStore(redis_url, half_life_s=1e9, prefix=prefix)
+    memory_store = MemoryProfileStore(half_life_s=1e9)
+    calls: list[int] = []
+    script = redis_store._script
+
+    def counted(**kw: Any) -> Any:
+        calls.append(len(kw["keys"]))
+        return script(**kw)
+
+    redis_store._script = counted  # type: ignore[assignment]
+    worker = Profiler(redis_store, POLICY, flush_s=0.05)
+    local = Profiler(memory_store, POLICY)
+    latencies = [0.4, 3.0, 10.0, 12.99, 13.0, 95.0, 240.0, 999.9, 1000.0, 4_321.0, 75_000.0, 610_409.0, 2e6]
+
+    async def flushes() -> None:
+        for rnd in range(3):  # three flushes, each one script call for both models
+            for i, ms in enumerate(latencies * (rnd + 1)):
+                for prof in (worker, local):
+                    prof.observe("m", "ok", ms, 2 * ms)
+                    if i % 5 == 0:
+                        prof.observe("other", "ok", ms * 1.5, ms)
+                        prof.observe("other", "timeout")
+            await asyncio.sleep(0.3)
+
+    asyncio.run(flushes())
+    assert calls == [2, 2, 2]
+    got = redis_store.read(["m", "other"])
+    want = memory_store.read(["m", "other"])
+    for model in ("m", "other"):
+        g, w = got[model], want[model]
+        assert g.latency_hist == pytest.approx(w.latency_hist, rel=1e-9, abs=1e-12), model
+        assert g.values() == pytest.approx(w.values(), rel=1e-9, abs=1e-12), model
+        for q in (0.5, 0.95, 0.99):
+            assert g.percentile_ms(q) == pytest.approx(w.percentile_ms(q), rel=1e-9)
+    # 13 latencies x (1 + 2 + 3) rounds, bucket by bucket.
+    assert round(got["m"].hist_n, 6) == 78.0
+    assert {i: round(v, 6) for i, v in enumerate(got["m"].latency_hist) if v} == {
+        0: 12.0, 1: 12.0, 2: 6.0, 9: 6.0, 13: 6.0, 18: 12.0, 24: 6.0, 35: 6.0, 43: 12.0}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:  # one hash field per bucket, beside the scalar sums
+        stored = set(client.hkeys(redis_store.key("m")))
+        assert stored == {"t", *FIELDS} and set(BUCKET_FIELDS) <= stored
+        assert float(client.hget(redis_store.key("m"), "lat43") or 0) == pytest.approx(12.0, rel=1e-9)
+    finally:
+        client.close()
+
+
+def test_one_process_per_period_claims_the_snapshot(redis_url: str, prefix: str) -> None:
+    a = RedisProfileStore(redis_url, half_life_s=60.0, prefix=prefix)
+    b = RedisProfileStore(redis_url, half_life_s=60.0, prefix=prefix)
+    assert a.source == b.source == f"redis:{prefix}"
+    assert a.claim_snapshot(0.5) is True
+    assert b.claim_snapshot(0.5) is False and a.claim_snapshot(0.5) is False
+    time.sleep(0.6)
+    assert b.claim_snapshot(0.5) is True
+    down = RedisProfileStore("redis://127.0.0.1:1/0", half_life_s=60.0, socket_timeout_s=0.5)
+    from batchroute.errors import BrokerError
+
+    with pytest.raises(BrokerError):
+        down.claim_snapshot(1.0)
+
+
+def test_lua_histogram_decays_like_the_memory_store(redis_url: str, prefix: str) -> None:
+    """With decay between flushes: the memory store on Redis' clock ends with the same histogram."""
+    client = redis.Redis.from_url(redis_url)
+
+    def redis_clock() -> float:
+        sec, usec = client.time()
+        return float(sec) + float(usec) / 1e6
+
+    redis_store = RedisProfileStore(redis_url, half_life_s=0.5, prefix=prefix)
+    memory_store = MemoryProfileStore(half_life_s=0.5, clock=redis_clock)
+    try:
+        for batch in ({"m": Counts(ok=40, latency_hist=hist((100.0, 40.0)))},
+                      {"m": Counts(ok=40, latency_hist=hist((1000.0, 40.0)))},
+                      {"m": Counts(ok=20, latency_hist=hist((100.0, 10.0), (30_000.0, 10.0)))}):
+            redis_store.record(batch)
+            memory_store.record(batch)
+            time.sleep(0.25)
+        got, want = redis_store.read(["m"])["m"], memory_store.read(["m"])["m"]
+    finally:
+        client.close()
+    # Both decayed the 100 ms samples by ~2 half-lives before the last flush (a few ms of skew).
+    assert got.latency_hist[9] / got.ok == pytest.approx(want.latency_hist[9] / want.ok, rel=0.02)
+    assert got.latency_hist == pytest.approx(want.latency_hist, rel=0.03, abs=1e-9)
+    assert got.hist_n == pytest.approx(got.ok, rel=1e-12)
+    assert got.percentile_ms(0.5) == pytest.approx(want.percentile_ms(0.5), rel=0.02)

@@ -30,6 +30,7 @@ from batchroute.profiler import (
     ProfileStore,
     attempt_counts,
     decay_factor,
+    latency_sample,
     live_model,
     new_profile_store,
     outcome_of,
@@ -62,8 +63,12 @@ def test_decay_halves_every_half_life() -> None:
 
 
 def test_attempt_counts_per_outcome() -> None:
-    assert attempt_counts("ok", 500.0, 1000.0) == Counts(ok=1, latency_n=1, observed_ms=500, expected_ms=1000)
-    assert attempt_counts("ok", 500.0, 0.0) == Counts(ok=1)  # no expectation: no latency sample
+    at_500 = latency_sample(500.0)
+    assert attempt_counts("ok", 500.0, 1000.0) == Counts(ok=1, latency_n=1, observed_ms=500, expected_ms=1000,
+                                                         latency_hist=at_500)
+    # No expectation: no latency-ratio sample, but the observed latency still counts in the histogram.
+    assert attempt_counts("ok", 500.0, 0.0) == Counts(ok=1, latency_hist=at_500)
+    assert attempt_counts("ok") == Counts(ok=1)  # not timed at all
     assert attempt_counts("error") == Counts(errors=1)
     assert attempt_counts("timeout") == Counts(timeouts=1)
     assert attempt_counts("rate_limited") == Counts(rate_limited=1)
@@ -180,7 +185,8 @@ def test_observe_batches_writes_to_a_remote_store() -> None:
         await asyncio.sleep(0.3)
 
     asyncio.run(attempts())
-    assert store.records == [{"a": Counts(ok=1, errors=1, latency_n=1, observed_ms=100, expected_ms=200),
+    assert store.records == [{"a": Counts(ok=1, errors=1, latency_n=1, observed_ms=100, expected_ms=200,
+                                          latency_hist=latency_sample(100.0)),
                               "b": Counts(rate_limited=1)}]
     store.fail = True
     prof.observe("a", "ok", 1.0, 1.0)  # outside a loop: written at once; a failure is dropped, not raised
@@ -313,8 +319,10 @@ def test_profile_command_prints_live_figures(monkeypatch: pytest.MonkeyPatch) ->
     try:
         store = get_profiler().store
         assert store is not None
+        at_2s = tuple(30.0 * w for w in latency_sample(2000.0))  # bucket [1900.5, 2470.6) ms
         store.record({"sim-gpt-4": Counts(ok=10, errors=25, timeouts=5, rate_limited=10),
-                      "sim-llama-3-8b": Counts(ok=30, latency_n=30, observed_ms=60_000, expected_ms=30_000)})
+                      "sim-llama-3-8b": Counts(ok=30, latency_n=30, observed_ms=60_000, expected_ms=30_000,
+                                               latency_hist=at_2s)})
         res = CliRunner().invoke(app, ["profile", "--json"])
         assert res.exit_code == 0, res.output
         data = json.loads(res.stdout)
@@ -322,12 +330,37 @@ def test_profile_command_prints_live_figures(monkeypatch: pytest.MonkeyPatch) ->
         gpt4, llama = data["models"]["sim-gpt-4"], data["models"]["sim-llama-3-8b"]
         assert gpt4["unhealthy"] == "live error rate 0.75 over 40 calls" and gpt4["counts"]["timeouts"] == 5.0
         assert gpt4["rate_limited_rate"] == 0.2
+        assert gpt4["p50_ms"] is None and gpt4["latency_buckets"] == []
         assert llama["latency_ratio"] == 2.0 and llama["latency_factor"] == 2.0 and llama["unhealthy"] is None
+        assert (llama["p50_ms"], llama["p95_ms"], llama["p99_ms"]) == (2166.899, 2438.446, 2464.172)
+        assert llama["hist_samples"] == 30.0
+        assert llama["latency_buckets"] == [{"low_ms": 1900.496, "high_ms": 2470.645, "weight": 30.0}]
         assert data["models"]["sim-claude-sonnet"]["calls"] == 0.0
-        text = CliRunner().invoke(app, ["profile"])
-        assert text.exit_code == 0 and "live error rate 0.75 over 40 calls" in " ".join(text.output.split())
+        text = CliRunner().invoke(app, ["profile"], env={"COLUMNS": "200"})
+        words = " ".join(text.output.split())
+        assert text.exit_code == 0 and "live error rate 0.75 over 40 calls" in words
+        assert "p50 ms ┃ p95 ms ┃ p99 ms" in words
+        assert "sim-llama-3-8b │ 30.0 │ 0.00 │ 0.0 │ 0.00 │ 30.0 │ 2167 │ 2438 │ 2464 │ 2.00 │ 2.00 │ used" in words
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["profile", "--since", "2026-11-28"], "--since: only with --history"),
+    (["profile", "--model", "m", "--hours", "2"], "--model, --hours: only with --history"),
+    (["profile", "--history", "--since", "last tuesday"], "bad time 'last tuesday': expected ISO 8601"),
+    (["profile", "--history", "--since", "2026-11-28", "--hours", "3"], "give --since or --hours, not both"),
+    (["profile", "--history", "--hours", "-1"], "--hours must be > 0"),
+    (["profile", "--history", "--limit", "0"], "--limit must be >= 1"),
+])
+def test_profile_history_rejects_bad_options(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from batchroute.cli import app
+
+    res = CliRunner().invoke(app, args)  # rejected before any database is opened
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
 
 
 def test_explain_shows_live_terms_and_moved_priors() -> None:
@@ -366,4 +399,5 @@ def test_a_flush_lost_with_its_loop_is_scheduled_again() -> None:
         await asyncio.sleep(0.3)
 
     asyncio.run(later())
-    assert store.records == [{"a": Counts(ok=1, errors=1, latency_n=1, observed_ms=1, expected_ms=1)}]
+    assert store.records == [{"a": Counts(ok=1, errors=1, latency_n=1, observed_ms=1, expected_ms=1,
+                                          latency_hist=latency_sample(1.0))}]
