@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from batchroute.analyzer import Embedder, PrepConfig, onnx_model
-from batchroute.analyzer.embedder import _encode_direct, _load_model, _torch_forward, native_bf16
+from batchroute.analyzer.embedder import _encode_direct, _load_model, _tokenizer_for, _torch_forward, native_bf16
 from batchroute.errors import AnalyzerError
 
 pytestmark = pytest.mark.model
@@ -23,9 +27,44 @@ def test_direct_path_matches_sentence_transformers_encode() -> None:
     model.max_seq_length = 64
     stock = model.encode(TEXTS, batch_size=4, convert_to_numpy=True, normalize_embeddings=True,
                          show_progress_bar=False)
-    direct = _encode_direct(model.tokenizer, _torch_forward(model), TEXTS, 64, 4)
+    direct = _encode_direct(_tokenizer_for(emb.model_path), _torch_forward(model), TEXTS, 64, 4)
     assert direct.dtype == np.float32 and direct.shape == (len(TEXTS), 384)
     assert np.abs(direct - stock).max() < 1e-5
+
+
+@pytest.mark.parametrize("max_length", [8, 64, 256])
+def test_tokenizer_ids_equal_the_transformers_tokenizer(max_length: int) -> None:
+    path = Embedder().model_path
+    hf = _load_model(path, "fp32")[0].tokenizer
+    texts = [*TEXTS, "如何证明拉格朗日中值定理", "Ünïcödé  naïve café — “quotes” 🙂", "word " * 400, ""]
+    want = hf(texts, truncation=True, max_length=max_length)["input_ids"]
+    got = _tokenizer_for(path)(texts, max_length)
+    assert got == want
+    assert max(len(ids) for ids in got) == max_length
+
+
+def test_cached_int8_graph_is_served_without_torch(tmp_path: Path) -> None:
+    # Build the graph here, then embed in a fresh process: it must not import torch (the slow,
+    # memory-heavy part of an analyze worker's start) and must give the same vectors.
+    from batchroute.analyzer import embedder as E
+
+    emb = Embedder(precision="ort-int8", cache_size=0, model_dir=tmp_path)
+    E._FORWARDS.pop((str(emb.model_path), "ort-int8"), None)   # one session per process: build it here
+    here = emb.encode(TEXTS)
+    assert len(list(tmp_path.glob("minilm-*.onnx"))) == 1
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from batchroute.analyzer import Embedder\n"
+        f"v = Embedder(precision='ort-int8', cache_size=0, model_dir=Path({str(tmp_path)!r})).encode({TEXTS!r})\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules,"
+        " 'v': v.tolist()}))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (out["torch"], out["st"]) == (False, False)
+    assert np.allclose(np.array(out["v"], dtype=np.float32), here, atol=1e-5)
 
 
 @pytest.mark.parametrize(("precision", "min_cos"), [("bf16", 0.999), ("int8", 0.9), ("ort-int8", 0.95)])
