@@ -51,7 +51,7 @@ from batchroute.analyzer import (  # noqa: E402
     Embedder,
     ExemplarIndex,
 )
-from batchroute.analyzer.embedder import PRECISIONS, encode_plain  # noqa: E402
+from batchroute.analyzer.backend import PRECISIONS, encode_plain  # noqa: E402
 from batchroute.evaluation.labels import analyze_as_jobs, iter_jsonl  # noqa: E402
 from batchroute.taxonomy import DOMAINS  # noqa: E402
 

