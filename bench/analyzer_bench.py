@@ -20,7 +20,8 @@ Measures (nothing measured here is ever added to the index):
 * time to load the cached exemplar index.
 
 Top-level keys: prompts, analyze_per_s, plain_encode_per_s, speedup, domain_macro_f1,
-domain_macro_f1_full_length, complexity_accuracy, index_load_s (+ details).
+domain_macro_f1_full_length, domain_macro_f1_gap_vs_full (paired bootstrap: the gap, its 95%
+interval, and how often it exceeds the 0.02 budget), complexity_accuracy, index_load_s (+ details).
 """
 
 from __future__ import annotations
@@ -91,6 +92,42 @@ def f1_report(truth: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
             "per_class_f1": {k: round(v, 3) for k, v in per.items()},
             "confusions": dict(Counter(f"{t}->{p}" for t, p in zip(truth, pred, strict=True)
                                        if t != p).most_common(12))}
+
+
+def macro_f1_gap(truth: Sequence[str], fast: Sequence[str], full: Sequence[str], reps: int = 2000,
+                 seed: int = 0, budget: float = 0.02) -> dict[str, Any]:
+    """Paired bootstrap of macro-F1(fast) - macro-F1(full) over the same resampled rows.
+
+    Macro-F1 over the labels in ``truth`` rests on classes of 10-30 rows here, so one prompt moves
+    it by ~0.01; the interval says how much of a gap is noise. ``p_beyond_budget`` is the share of
+    resamples where fast trails full by more than ``budget``.
+    """
+    import numpy as np
+
+    labels = sorted(set(truth) | set(fast) | set(full))
+    ix = {lab: i for i, lab in enumerate(labels)}
+    t = np.array([ix[x] for x in truth])
+    scored = np.array(sorted({ix[x] for x in truth}))
+
+    def f1s(pred: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        # rows: (reps, n) resampled row indices -> macro-F1 per resample over the truth labels.
+        tt, pp = t[rows], pred[rows]
+        out = np.zeros(len(rows))
+        for c in scored:
+            tp = ((tt == c) & (pp == c)).sum(axis=1)
+            fp = ((tt != c) & (pp == c)).sum(axis=1)
+            fn = ((tt == c) & (pp != c)).sum(axis=1)
+            out += np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        return out / len(scored)
+
+    a = np.array([ix[x] for x in fast])
+    b = np.array([ix[x] for x in full])
+    point = float(f1s(a, np.arange(len(t))[None, :])[0] - f1s(b, np.arange(len(t))[None, :])[0])
+    rng = np.random.default_rng(seed)
+    diffs = np.concatenate([f1s(a, r) - f1s(b, r) for r in
+                            np.array_split(rng.integers(0, len(t), (reps, len(t))), max(1, reps // 200))])
+    return {"diff": round(point, 4), "ci95": [round(float(np.quantile(diffs, q)), 4) for q in (0.025, 0.975)],
+            "p_beyond_budget": round(float((diffs < -budget).mean()), 4), "resamples": reps}
 
 
 def reliability(conf: Sequence[float], correct: Sequence[bool]) -> dict[str, Any]:
@@ -262,9 +299,12 @@ def main() -> None:
             print(json.dumps(report, indent=2))
             return
         results: dict[str, Any] = {}
+        fast_pred: dict[str, list[str]] = {}
         for name, rows in (("demo", demo), ("shared", shared)):
             if rows:
-                results[name] = evaluate(analyze_as_jobs(analyzer, rows, args.chunk), rows)
+                analyses = analyze_as_jobs(analyzer, rows, args.chunk)
+                fast_pred[name] = [a.domain for a in analyses]
+                results[name] = evaluate(analyses, rows)
         report["fast"] = results
 
         if not args.no_full_length:
@@ -276,7 +316,10 @@ def main() -> None:
             full_results: dict[str, Any] = {}
             for name, rows in (("demo", demo), ("shared", shared)):
                 if rows:
-                    full_results[name] = evaluate(analyze_as_jobs(full_an, rows, args.chunk), rows)
+                    analyses = analyze_as_jobs(full_an, rows, args.chunk)
+                    full_results[name] = evaluate(analyses, rows)
+                    results[name]["domain_macro_f1_gap_vs_full"] = macro_f1_gap(
+                        [r["domain"] for r in rows], fast_pred[name], [a.domain for a in analyses])
             report["full_length"] = full_results
 
     shared_res = results.get("shared", {})
@@ -287,6 +330,7 @@ def main() -> None:
             report["full_length"].get("shared", {}).get("domain", {}).get("macro_f1"))
         report["domain_macro_f1_full_length_demo"] = (
             report["full_length"].get("demo", {}).get("domain", {}).get("macro_f1"))
+    report["domain_macro_f1_gap_vs_full"] = shared_res.get("domain_macro_f1_gap_vs_full")
     report["complexity_accuracy"] = shared_res.get("complexity_accuracy")
     report["complexity_accuracy_demo"] = results.get("demo", {}).get("complexity_accuracy")
     report["style_accuracy_demo"] = results.get("demo", {}).get("style_accuracy")
