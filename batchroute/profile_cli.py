@@ -6,6 +6,8 @@ Registered by ``cli.py`` with :func:`register`::
     batchroute profile --json
     batchroute profile --history --model sim-gpt-4 --hours 6      # snapshots stored by provider workers
     batchroute profile --history --since 2026-11-28T09:00 --json
+    batchroute profile --prune                           # delete snapshots older than the retention (30 days)
+    batchroute profile --prune --older-than-days 7 --json          # -> {"deleted": 1234}
 """
 
 from __future__ import annotations
@@ -108,6 +110,24 @@ def _print_history(report: dict[str, Any]) -> None:
         err.print(f"showing the newest {report['limit']} snapshots (--limit)")
 
 
+def prune_report(older_than_days: float | None) -> dict[str, Any]:
+    """Delete old snapshots for ``batchroute profile --prune``: ``deleted``, and the ``cutoff`` used (None: none)."""
+    from batchroute.profiler.snapshots import prune_cutoff, prune_snapshots
+
+    cutoff = prune_cutoff(older_than_days)
+    return {"deleted": 0 if cutoff is None else prune_snapshots(cutoff), "cutoff": cutoff}
+
+
+def _print_prune(report: dict[str, Any]) -> None:
+    cutoff = report["cutoff"]
+    if cutoff is None:
+        out.print("deleted 0 profile snapshots", highlight=False)
+        return
+    n = report["deleted"]
+    out.print(f"deleted {n} profile snapshot{'' if n == 1 else 's'} taken before "
+              f"{cutoff.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}", highlight=False)
+
+
 @handles_errors
 def profile(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -117,11 +137,32 @@ def profile(
         help="with --history: from this time on, ISO 8601 (UTC unless an offset is given)")] = None,
     hours: Annotated[float | None, typer.Option(help="with --history: the last N hours (default 24)")] = None,
     limit: Annotated[int, typer.Option(help="with --history: at most the newest N snapshots")] = 1000,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="delete stored snapshots older than the retention, print how many")] = False,
+    older_than_days: Annotated[float | None, typer.Option(
+        help="with --prune: older than N days (default: BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS)")] = None,
 ) -> None:
     """Live per-model figures: latency ratio, p50/p95/p99 ms, error and 429 rates, health (--history: stored).
 
-    With --history, the snapshots provider workers store every BATCHROUTE_PROFILE_SNAPSHOT_S.
+    With --history, the snapshots provider workers store every BATCHROUTE_PROFILE_SNAPSHOT_S; with
+    --prune, delete those older than BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS (or --older-than-days).
     """
+    if prune:
+        given = [name for name, v in (("--history", history or None), ("--model", model), ("--since", since),
+                                      ("--hours", hours)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: not with --prune", field=given[0].lstrip("-"))
+        pruned = prune_report(older_than_days)
+        if as_json:
+            out.print_json(data={"deleted": pruned["deleted"]})
+        else:
+            _print_prune(pruned)
+        if pruned["cutoff"] is None and older_than_days is None:
+            err.print("snapshot retention is off (BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS=0): "
+                      "give --older-than-days N to prune")
+        return
+    if older_than_days is not None:
+        raise InputError("--older-than-days: only with --prune", field="older_than_days")
     if not history:
         given = [name for name, v in (("--model", model), ("--since", since), ("--hours", hours)) if v is not None]
         if given:

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     profile_flush_s: float = Field(default=1.0, ge=0)
     # How often provider workers store the live figures in the database (profile_snapshots; 0 = never).
     profile_snapshot_s: float = Field(default=60.0, ge=0)
+    # Snapshots older than this are deleted each time a snapshot is stored (0 = keep them forever).
+    profile_snapshot_retention_days: float = Field(default=30.0, ge=0)
 
     @property
     def user_exemplar_dir(self) -> Path:

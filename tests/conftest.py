@@ -32,7 +32,8 @@ SETTINGS_ENV = ("BATCHROUTE_DATABASE_URL", "BATCHROUTE_BROKER_URL", "BATCHROUTE_
                 "BATCHROUTE_MAX_ATTEMPTS_PER_MODEL", "BATCHROUTE_BACKOFF_BASE_S", "BATCHROUTE_BACKOFF_CAP_S",
                 "BATCHROUTE_REQUEST_TIMEOUT_S", "BATCHROUTE_PROVIDER_CHUNK_SIZE", "BATCHROUTE_ANALYZE_CHUNK_SIZE",
                 "BATCHROUTE_PROFILE_BACKEND", "BATCHROUTE_PROFILE_HALF_LIFE_S", "BATCHROUTE_PROFILE_CACHE_S",
-                "BATCHROUTE_PROFILE_PREFIX")
+                "BATCHROUTE_PROFILE_PREFIX", "BATCHROUTE_PROFILE_SNAPSHOT_S",
+                "BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS")
 
 
 def service_missing(what: str, exc: BaseException) -> None:
@@ -120,10 +121,19 @@ def wait_for_job(job_id: str, timeout_s: float = 120, poll_s: float = 0.25) -> d
     raise AssertionError(f"job {job_id} did not finish in {timeout_s}s: {job_status(job_id)}")
 
 
+def all_tables() -> list[str]:
+    """Every table of the SQLModel metadata (``batchroute.tables``), parents first; not ``alembic_version``."""
+    from sqlmodel import SQLModel
+
+    import batchroute.tables  # noqa: F401 - registers the models
+
+    return [t.name for t in SQLModel.metadata.sorted_tables]
+
+
 def truncate_pg(url: str) -> None:
-    """Empty every batchroute table (between integration tests)."""
+    """Empty every batchroute table (between integration tests): all of the metadata, none left out by hand."""
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, job_line_errors, requests, routing_decisions, attempts, results, "
-                     "tag_set_items, cost_rollup_daily, budgets, budget_reservations CASCADE")
+        conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.SQL(", ").join(map(sql.Identifier, all_tables()))))

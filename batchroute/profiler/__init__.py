@@ -34,7 +34,9 @@ database, one ``profile_snapshots`` row per model with data, at most every ``pro
 event loop. With the Redis store one process of the whole deployment writes each period (a
 ``SET NX`` claim), so rows are the shared figures; with the in-process store each process writes
 its own (``source`` tells them apart). A database or Redis failure there is logged and skipped,
-never raised into a call. ``batchroute profile --history`` reads them back.
+never raised into a call. Each write also deletes rows older than
+``profile_snapshot_retention_days`` (30; 0 = keep). ``batchroute profile --history`` reads them
+back; ``batchroute profile --prune`` deletes old ones on demand.
 
 Modules: :mod:`~batchroute.profiler.stats` (the pure math: counts, decay, the latency histogram and
 its percentiles, routing's view), :mod:`~batchroute.profiler.stores` (the in-process and Redis

@@ -5,24 +5,39 @@ The live profile decays in seconds; a snapshot keeps what it said at one moment,
 most every ``profile_snapshot_s`` (see :class:`batchroute.profiler.Profiler`); with the Redis store,
 one worker of the whole deployment per period (``claim_snapshot``)::
 
-    from batchroute.profiler.snapshots import snapshot_to_db, snapshot_history
+    from batchroute.profiler.snapshots import prune_snapshots, retention_cutoff, snapshot_history, snapshot_to_db
     snapshot_to_db(get_profiler(), ["sim-gpt-4", "sim-llama-3-8b"])          # -> rows written
     snapshot_history(model="sim-gpt-4", since=parse_since("2026-11-28T09:00"))  # -> list of dicts
+    prune_snapshots(retention_cutoff(datetime.now(UTC), 30))                    # -> rows deleted
+
+Retention: right after inserting its rows, :func:`snapshot_to_db` deletes every snapshot (of any
+``source``) taken more than ``profile_snapshot_retention_days`` (``BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS``,
+30; 0 = keep forever) before the new rows' ``taken_at``: one ``DELETE ... WHERE taken_at < cutoff``
+on the ``taken_at`` index, in its own transaction after the insert has committed, so each periodic
+delete touches only the few rows that aged out since the last one (the first write after an upgrade
+deletes the whole backlog in one statement; run the command below first, at a quiet time, when the
+table is large). A failed delete is logged and never raised (the new rows stay written); the next
+snapshot tries again. ``batchroute profile --prune [--older-than-days N]`` does the same on demand
+(:func:`prune_cutoff`, :func:`prune_snapshots`), e.g. once after lowering the retention.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from batchroute.errors import InputError, StorageError
+from batchroute.errors import BatchrouteError, InputError, StorageError
 from batchroute.profiler.stats import Counts, ProfilePolicy, live_model
 
 if TYPE_CHECKING:
     from batchroute.profiler import Profiler
     from batchroute.profiler.stores import ProfileStore
     from batchroute.tables import ProfileSnapshot
+
+log = logging.getLogger(__name__)
 
 # A model whose decayed attempts fell below this (no attempt for ~7 half-lives) gets no row.
 MIN_SNAPSHOT_ATTEMPTS = 0.01
@@ -56,13 +71,17 @@ def snapshot_rows(counts: Mapping[str, Counts], policy: ProfilePolicy, taken_at:
 
 
 def snapshot_to_db(source: Profiler | ProfileStore, models: Sequence[str], now: datetime | None = None, *,
-                   policy: ProfilePolicy | None = None, url: str | None = None) -> int:
-    """Read ``models``' figures now (uncached) and insert one row each for those with data.
+                   policy: ProfilePolicy | None = None, url: str | None = None,
+                   retention_days: float | None = None) -> int:
+    """Read ``models``' figures now (uncached), insert one row each for those with data, prune old rows.
 
     ``source`` is a :class:`~batchroute.profiler.Profiler` (its store and policy) or a bare store
     (``policy``, default: the settings' thresholds). ``now`` (default: the current UTC time) is
-    the rows' ``taken_at``; ``url`` the database (default: the configured one). Returns the rows
-    written. Raises BrokerError when the store cannot be read, StorageError when the database fails.
+    the rows' ``taken_at``; ``url`` the database (default: the configured one). After the insert
+    has committed, snapshots taken before ``now`` minus ``retention_days`` (default: the setting
+    ``profile_snapshot_retention_days``; 0 = keep forever) are deleted; a failure there is logged,
+    never raised. Nothing is written or deleted when no model has data. Returns the rows written.
+    Raises BrokerError when the store cannot be read, StorageError when the insert fails.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -79,7 +98,8 @@ def snapshot_to_db(source: Profiler | ProfileStore, models: Sequence[str], now: 
         from batchroute.settings import get_settings
 
         policy = ProfilePolicy.from_settings(get_settings())
-    rows = snapshot_rows(store.read(list(models)), policy, now or datetime.now(UTC), store.source)
+    taken_at = now or datetime.now(UTC)
+    rows = snapshot_rows(store.read(list(models)), policy, taken_at, store.source)
     if not rows:
         return 0
     try:
@@ -87,7 +107,93 @@ def snapshot_to_db(source: Profiler | ProfileStore, models: Sequence[str], now: 
             session.add_all(rows)
     except SQLAlchemyError as exc:
         raise StorageError(f"cannot write profile snapshots: {_db_reason(exc)}") from exc
+    _prune_after_snapshot(taken_at, retention_days, url)
     return len(rows)
+
+
+def _prune_after_snapshot(taken_at: datetime, retention_days: float | None, url: str | None) -> None:
+    """The writer's retention step: delete what aged out; log, never raise (the snapshot is stored)."""
+    try:
+        if retention_days is None:
+            from batchroute.settings import get_settings
+
+            retention_days = get_settings().profile_snapshot_retention_days
+        cutoff = retention_cutoff(taken_at, retention_days)
+        if cutoff is None:
+            return
+        deleted = prune_snapshots(cutoff, url)
+    except BatchrouteError as exc:
+        log.warning("profiler: old snapshots not pruned: %s", exc)
+        return
+    except Exception:
+        # Bookkeeping after the snapshot is stored: even a bug here must not fail the writer.
+        log.exception("profiler: pruning old snapshots failed")
+        return
+    if deleted:
+        log.debug("profiler: %d snapshot(s) taken before %s deleted", deleted, cutoff.isoformat())
+
+
+def retention_cutoff(now: datetime, retention_days: float) -> datetime | None:
+    """The cutoff of a ``retention_days`` retention at ``now``: snapshots taken before it go (pure).
+
+    None when nothing is ever deleted: a retention of 0 (keep forever), or one reaching back beyond
+    any representable time (``inf``, 1e12). Raises ValueError for a negative or NaN retention or a
+    naive ``now``.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    if math.isnan(retention_days) or retention_days < 0:
+        raise ValueError(f"retention must be >= 0 days, got {retention_days:g}")
+    if retention_days == 0:
+        return None
+    now = now.astimezone(UTC)
+    try:
+        return now - timedelta(days=retention_days)
+    except OverflowError:  # before year 1 (or a timedelta beyond 999,999,999 days): nothing is that old
+        return None
+
+
+def prune_cutoff(older_than_days: float | None = None, now: datetime | None = None) -> datetime | None:
+    """The cutoff of ``batchroute profile --prune``: ``older_than_days`` (default: the retention setting) back.
+
+    None when nothing is to be deleted (no flag and the setting is 0: retention off). Raises
+    InputError (field ``older_than_days``) unless a given value is > 0: 0 would mean "keep forever"
+    in the setting but "everything" here, so it is refused rather than guessed.
+    """
+    now = now or datetime.now(UTC)
+    if older_than_days is None:
+        from batchroute.settings import get_settings
+
+        return retention_cutoff(now, get_settings().profile_snapshot_retention_days)
+    if not older_than_days > 0:  # NaN too
+        raise InputError(f"--older-than-days must be a number of days > 0, got {older_than_days:g}",
+                         field="older_than_days")
+    return retention_cutoff(now, older_than_days)
+
+
+def prune_snapshots(older_than: datetime, url: str | None = None) -> int:
+    """Delete every snapshot taken before ``older_than`` (aware), of any model and source; rows deleted.
+
+    One ``DELETE ... WHERE taken_at < :older_than`` (the ``ix_profile_snapshots_taken`` index),
+    committed on return. Raises StorageError when the database fails (e.g. not migrated).
+    """
+    from sqlalchemy import delete
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import col
+
+    from batchroute.db import session_scope
+    from batchroute.tables import ProfileSnapshot
+
+    if older_than.tzinfo is None:
+        raise ValueError("older_than must be timezone-aware (UTC)")
+    query = delete(ProfileSnapshot).where(col(ProfileSnapshot.taken_at) < older_than.astimezone(UTC))
+    try:
+        with session_scope(url) as session:
+            deleted = session.exec(query).rowcount
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot delete profile snapshots: {_db_reason(exc)} "
+                           "(is the database migrated? `batchroute migrate`)") from exc
+    return int(deleted)
 
 
 def parse_since(value: str) -> datetime:

@@ -18,10 +18,8 @@ import yaml
 from sqlalchemy import func, inspect, select, text
 from sqlmodel import Session
 
-from tests.conftest import apply_settings
+from tests.conftest import apply_settings, truncate_pg
 
-ALL_TABLES = ("jobs, job_line_errors, requests, routing_decisions, attempts, results, tag_set_items, "
-              "cost_rollup_daily, budgets, budget_reservations")
 JOB_DEFS = [("job_a", "acme", {"team": "legal", "env": "prod"}), ("job_b", "acme", {"team": "ml"}),
             ("job_c", "globex", {})]
 MODELS = [("sim-gpt-4", "openai-sim"), ("sim-claude-sonnet", "anthropic-sim"), ("sim-llama-3-8b", "together-sim")]
@@ -36,11 +34,8 @@ SUMS = ("attempts", "requests", "failed_attempts", "prompt_tokens", "completion_
 def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database with settings pointing at it; yields its SQLAlchemy URL."""
     if request.param == "postgres":
-        import psycopg
-
         pg = request.getfixturevalue("pg_url")
-        with psycopg.connect(pg, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {ALL_TABLES} CASCADE")
+        truncate_pg(pg)
         url = pg.replace("postgresql://", "postgresql+psycopg://")
     else:
         url = f"sqlite:///{tmp_path}/ledger.db"

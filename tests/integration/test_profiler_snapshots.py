@@ -1,7 +1,8 @@
-"""Profile snapshots in the database: exact rows, ``profile --history``, the provider-side hook, the schema.
+"""Profile snapshots in the database: exact rows, ``profile --history``, the provider-side hook, the schema,
+retention (the writer's prune step, ``profile --prune``, the delete's use of the ``taken_at`` index).
 
-Runs on Postgres (the session database of ``pg_url``; its ``profile_snapshots`` emptied per test)
-and on a fresh SQLite file. Skipped without Postgres, unless CI=true, where that is a failure.
+Runs on Postgres (the session database of ``pg_url``, every table emptied per test) and on a fresh
+SQLite file. Skipped without Postgres, unless CI=true, where that is a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from batchroute.profiler import EMPTY_HIST, Counts, MemoryProfileStore, ProfilePolicy, bucket_index
-from tests.conftest import apply_settings
+from tests.conftest import apply_settings, truncate_pg
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +47,8 @@ def hist(*samples: tuple[float, float]) -> tuple[float, ...]:
 def snapshot_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database without snapshots, with settings pointing at it; yields its SQLAlchemy URL."""
     if request.param == "postgres":
-        import psycopg
-
         pg = request.getfixturevalue("pg_url")
-        with psycopg.connect(pg, autocommit=True) as conn:
-            conn.execute("DELETE FROM profile_snapshots")
+        truncate_pg(pg)
         url = pg.replace("postgresql://", "postgresql+psycopg://")
     else:
         url = f"sqlite:///{tmp_path}/snapshots.db"
@@ -210,3 +208,156 @@ def test_migration_0004_matches_the_model_and_downgrades(snapshot_db: str) -> No
             assert inspect(eng).has_table("profile_snapshots")
     finally:
         eng.dispose()
+
+
+# -- retention ----------------------------------------------------------------------------------------
+
+
+def insert_at(url: str, *rows: tuple[str, datetime, str]) -> None:
+    """Snapshot rows of (model, taken_at, source) with otherwise default figures."""
+    from batchroute.db import session_scope
+    from batchroute.tables import ProfileSnapshot
+
+    with session_scope(url) as session:
+        session.add_all([ProfileSnapshot(model=m, taken_at=t, source=src, ok=1.0) for m, t, src in rows])
+
+
+def kept(url: str) -> list[tuple[str, datetime]]:
+    """(model, taken_at as aware UTC) of every stored snapshot, oldest first."""
+    out = []
+    for r in stored(url):
+        t = r["taken_at"] if isinstance(r["taken_at"], datetime) else datetime.fromisoformat(r["taken_at"])
+        out.append((r["model"], t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)))
+    return out
+
+
+def test_a_snapshot_write_deletes_exactly_the_rows_older_than_the_retention(snapshot_db: str) -> None:
+    from batchroute.profiler.snapshots import snapshot_to_db
+
+    now = T1
+    cutoff = now - timedelta(days=7)  # 2026-11-21T10:00Z
+    insert_at(snapshot_db,
+              ("ancient", now - timedelta(days=400), "memory:other-host:1"),  # any source is pruned
+              ("just-old", cutoff - timedelta(microseconds=1), "redis:batchroute:profile"),
+              ("at-cutoff", cutoff, "redis:batchroute:profile"),  # exactly 7 days old: kept
+              ("recent", cutoff + timedelta(seconds=1), "memory:other-host:1"),
+              ("ahead", now + timedelta(hours=1), "memory:other-host:1"))  # another host's clock runs ahead
+    store = MemoryProfileStore(half_life_s=1e9)
+    store.record({"fast": Counts(ok=3)})
+    assert snapshot_to_db(store, ["fast", "idle"], now, policy=POLICY, url=snapshot_db, retention_days=7) == 1
+    assert kept(snapshot_db) == [("at-cutoff", cutoff), ("recent", cutoff + timedelta(seconds=1)), ("fast", now),
+                                 ("ahead", now + timedelta(hours=1))]
+
+    # Retention 0 keeps everything; a write without data prunes nothing.
+    insert_at(snapshot_db, ("ancient", now - timedelta(days=400), "x"))
+    assert snapshot_to_db(store, ["fast"], now + timedelta(minutes=1), policy=POLICY, url=snapshot_db,
+                          retention_days=0) == 1
+    assert snapshot_to_db(store, ["idle"], now + timedelta(days=100), policy=POLICY, url=snapshot_db,
+                          retention_days=1) == 0
+    assert len(kept(snapshot_db)) == 6
+    # Half a day, 100 days on: only the newest write (and nothing else) is within the retention.
+    later = now + timedelta(days=100)
+    assert snapshot_to_db(store, ["fast"], later, policy=POLICY, url=snapshot_db, retention_days=0.5) == 1
+    assert kept(snapshot_db) == [("fast", later)]
+
+
+def test_the_provider_side_writer_prunes_with_the_retention_setting(snapshot_db: str) -> None:
+    """The hook ``get_profiler`` installs (``snapshot_registry_models``) prunes per the setting, at write time."""
+    from batchroute.profiler import Profiler, snapshot_registry_models
+
+    apply_settings(BATCHROUTE_DATABASE_URL=snapshot_db, BATCHROUTE_BROKER_URL="memory://",
+                   BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS="2")
+    wall = datetime.now(UTC)
+    two_days = timedelta(days=2)
+    insert_at(snapshot_db, ("sim-gpt-4", wall - two_days - timedelta(hours=1), "s"),
+              ("sim-gpt-4", wall - two_days + timedelta(hours=1), "s"),
+              ("sim-llama-3-8b", wall - timedelta(days=10), "s"))
+    clock = FakeClock()
+    prof = Profiler(MemoryProfileStore(1e9, clock=clock), POLICY, clock=clock, snapshot_s=60.0,
+                    snapshot_sink=snapshot_registry_models)
+    prof.observe("sim-gpt-4", "ok", 100.0, 50.0)
+    assert len(kept(snapshot_db)) == 3  # not due yet: nothing written, nothing pruned
+    clock.t += 60.0
+    prof.observe("sim-gpt-4", "ok", 100.0, 50.0)
+    rows = kept(snapshot_db)
+    assert [m for m, _ in rows] == ["sim-gpt-4", "sim-gpt-4"]
+    assert rows[0][1] == wall - two_days + timedelta(hours=1)
+    assert wall <= rows[1][1] <= datetime.now(UTC)  # the new snapshot
+
+
+def prune_cli(*args: str) -> Any:
+    from batchroute.cli import app
+
+    return CliRunner().invoke(app, ["profile", "--prune", *args], env={"COLUMNS": "200"})
+
+
+def test_profile_prune_deletes_what_is_older_and_prints_how_many(snapshot_db: str) -> None:
+    wall = datetime.now(UTC)
+    insert_at(snapshot_db, ("a", wall - timedelta(days=10), "s"), ("b", wall - timedelta(days=10, hours=1), "s"),
+              ("c", wall - timedelta(days=3), "s"), ("d", wall - timedelta(hours=1), "s"))
+    res = prune_cli("--older-than-days", "5", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"deleted": 2}
+    assert [m for m, _ in kept(snapshot_db)] == ["c", "d"]
+    res = prune_cli("--older-than-days", "5", "--json")  # again: nothing left that old
+    assert (res.exit_code, json.loads(res.stdout)) == (0, {"deleted": 0})
+
+    # Without --older-than-days: the retention setting.
+    apply_settings(BATCHROUTE_DATABASE_URL=snapshot_db, BATCHROUTE_BROKER_URL="memory://",
+                   BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS="2.5")
+    res = prune_cli()
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("deleted 1 profile snapshot taken before ")
+    assert [m for m, _ in kept(snapshot_db)] == ["d"]
+
+    apply_settings(BATCHROUTE_DATABASE_URL=snapshot_db, BATCHROUTE_BROKER_URL="memory://",
+                   BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS="0")
+    res = prune_cli("--json")
+    assert (res.exit_code, json.loads(res.stdout)) == (0, {"deleted": 0})
+    assert "retention is off" in res.stderr
+    assert [m for m, _ in kept(snapshot_db)] == ["d"]
+    res = prune_cli("--older-than-days", "0.01")  # explicit days prune even with the retention off
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("deleted 1 profile snapshot taken before ") and kept(snapshot_db) == []
+
+    res = prune_cli("--older-than-days", "-3", "--json")
+    assert res.exit_code == 2 and res.stdout == ""
+    assert "--older-than-days must be a number of days > 0, got -3" in " ".join(res.stderr.split())
+
+
+def test_the_prune_delete_uses_the_taken_at_index_on_postgres(pg_url: str) -> None:
+    """20,000 snapshots a minute apart, 5 of them past the cutoff: the DELETE scans the taken_at index."""
+    import psycopg
+    from sqlalchemy import event
+
+    from batchroute.db import get_engine
+    from batchroute.profiler.snapshots import prune_snapshots
+
+    truncate_pg(pg_url)
+    url = pg_url.replace("postgresql://", "postgresql+psycopg://")
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO profile_snapshots (taken_at, model, source, ok, errors, timeouts, rate_limited, "
+                     "latency_samples, unhealthy) SELECT %s + i * interval '1 minute', 'm' || mod(i, 5), 's', 1, 0, "
+                     "0, 0, 0, false FROM generate_series(0, 19999) AS i", (start,))
+        conn.execute("ANALYZE profile_snapshots")
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            statements.append((statement, parameters))
+
+    eng = get_engine(url)
+    event.listen(eng, "before_cursor_execute", capture)
+    try:
+        assert prune_snapshots(start + timedelta(minutes=5), url) == 5
+    finally:
+        event.remove(eng, "before_cursor_execute", capture)
+    assert len(statements) == 1
+    statement, parameters = statements[0]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, parameters).fetchall())
+        assert conn.execute("SELECT count(*), min(taken_at) FROM profile_snapshots").fetchone() == (
+            19995, start + timedelta(minutes=5))
+    assert "ix_profile_snapshots_taken" in plan, plan
+    assert "Seq Scan" not in plan, plan
