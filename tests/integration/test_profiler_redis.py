@@ -17,16 +17,15 @@ import pytest
 import redis
 
 from batchroute.profiler import (
-    EMPTY_HIST,
     TTL_HALF_LIVES,
     Counts,
     MemoryProfileStore,
     ProfilePolicy,
     Profiler,
     RedisProfileStore,
-    bucket_index,
 )
 from batchroute.profiler.stats import BUCKET_FIELDS, FIELDS
+from tests.profiler_helpers import hist
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +43,6 @@ def prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
-
-
-def hist(*samples: tuple[float, float]) -> tuple[float, ...]:
-    """A histogram of (latency_ms, weight) pairs."""
-    out = list(EMPTY_HIST)
-    for ms, w in samples:
-        out[bucket_index(ms)] += w
-    return tuple(out)
 
 
 def test_record_read_decay_and_ttl(redis_url: str, prefix: str) -> None:

@@ -18,29 +18,15 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from batchroute.profiler import EMPTY_HIST, Counts, MemoryProfileStore, ProfilePolicy, bucket_index
+from batchroute.profiler import Counts, MemoryProfileStore, ProfilePolicy
 from tests.conftest import apply_settings, truncate_pg
+from tests.profiler_helpers import FakeClock, hist
 
 pytestmark = pytest.mark.integration
 
 POLICY = ProfilePolicy(min_samples=20, min_calls=20, unhealthy_error_rate=0.5)
 T1 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 T2 = T1 + timedelta(minutes=1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def hist(*samples: tuple[float, float]) -> tuple[float, ...]:
-    out = list(EMPTY_HIST)
-    for ms, w in samples:
-        out[bucket_index(ms)] += w
-    return tuple(out)
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

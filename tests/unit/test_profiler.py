@@ -37,17 +37,10 @@ from batchroute.profiler import (
 )
 from batchroute.registry import load_registry
 from batchroute.routing import RouteInput, RoutePolicy, decide, weights_for
+from tests.profiler_helpers import FakeClock
 
 REG = load_registry()
 POLICY = ProfilePolicy(min_samples=20, min_calls=20, unhealthy_error_rate=0.5)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 # -- pure math ------------------------------------------------------------------------------------

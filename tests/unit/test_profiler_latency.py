@@ -32,26 +32,11 @@ from batchroute.profiler import (
 )
 from batchroute.profiler.snapshots import history_since, parse_since, snapshot_rows, snapshot_to_db
 from batchroute.profiler.stats import BUCKET_FIELDS, FIELDS, LATENCY_MAX_MS, SCALAR_FIELDS
+from tests.profiler_helpers import FakeClock, hist
 
 POLICY = ProfilePolicy(min_samples=20, min_calls=20, unhealthy_error_rate=0.5)
 E = LATENCY_EDGES_MS
 R = LATENCY_BUCKET_RATIO
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def hist(*samples: tuple[float, float]) -> tuple[float, ...]:
-    """A histogram of (latency_ms, weight) pairs."""
-    out = list(EMPTY_HIST)
-    for ms, w in samples:
-        out[bucket_index(ms)] += w
-    return tuple(out)
 
 
 # -- buckets ----------------------------------------------------------------------------------------
