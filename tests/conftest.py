@@ -84,7 +84,7 @@ def pg_url() -> Iterator[str]:
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_TEST_DB
     from batchroute.db import migrate
 
-    migrate(url.replace("postgresql://", "postgresql+psycopg://"))
+    migrate(sqlalchemy_pg_url(url))
     yield url
     from batchroute.db import _engine
 
@@ -128,6 +128,27 @@ def all_tables() -> list[str]:
     import batchroute.tables  # noqa: F401 - registers the models
 
     return [t.name for t in SQLModel.metadata.sorted_tables]
+
+
+def sqlalchemy_pg_url(url: str) -> str:
+    """The psycopg (v3) SQLAlchemy URL of a ``postgresql://`` URL."""
+    return url.replace("postgresql://", "postgresql+psycopg://")
+
+
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path, kind: str, **env: str) -> str:
+    """An empty, migrated database of ``kind`` ("postgres": the session's, truncated; "sqlite": a new
+    file under ``tmp_path``) with settings pointing at it (plus ``env``); returns its SQLAlchemy URL.
+
+    For parametrised fixtures over both backends; call ``apply_settings()`` after the test.
+    """
+    if kind == "postgres":
+        pg = request.getfixturevalue("pg_url")
+        truncate_pg(pg)
+        url = sqlalchemy_pg_url(pg)
+    else:
+        url = f"sqlite:///{tmp_path}/test.db"
+    apply_settings(BATCHROUTE_DATABASE_URL=url, BATCHROUTE_BROKER_URL="memory://", **env)
+    return url
 
 
 def truncate_pg(url: str) -> None:

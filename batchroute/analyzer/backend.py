@@ -132,7 +132,8 @@ def tokenizer_for(path: Path) -> Tokenize:
 def load_model(path: Path, precision: str) -> tuple[Any, threading.Lock]:
     """The process-wide SentenceTransformer for (path, precision) and the lock for its use.
 
-    ``"ort-int8"`` gets the fp32 model: its tokenizer, and the source of the ONNX export.
+    ``"ort-int8"`` gets the fp32 model: the source of the ONNX export (built once; serving a built
+    graph never calls this).
     """
     if precision == "ort-int8":
         precision = "fp32"

@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy import func, inspect, select, text
 from sqlmodel import Session
 
-from tests.conftest import apply_settings, truncate_pg
+from tests.conftest import apply_settings, empty_db
 
 JOB_DEFS = [("job_a", "acme", {"team": "legal", "env": "prod"}), ("job_b", "acme", {"team": "ml"}),
             ("job_c", "globex", {})]
@@ -33,15 +33,7 @@ SUMS = ("attempts", "requests", "failed_attempts", "prompt_tokens", "completion_
 @pytest.fixture(params=["postgres", "sqlite"])
 def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database with settings pointing at it; yields its SQLAlchemy URL."""
-    if request.param == "postgres":
-        pg = request.getfixturevalue("pg_url")
-        truncate_pg(pg)
-        url = pg.replace("postgresql://", "postgresql+psycopg://")
-    else:
-        url = f"sqlite:///{tmp_path}/ledger.db"
-    apply_settings(BATCHROUTE_DATABASE_URL=url, BATCHROUTE_BROKER_URL="memory://",
-                   BATCHROUTE_ANALYZE_CHUNK_SIZE="2")
-    yield url
+    yield empty_db(request, tmp_path, request.param, BATCHROUTE_ANALYZE_CHUNK_SIZE="2")
     apply_settings()
 
 

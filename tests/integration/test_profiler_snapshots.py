@@ -19,7 +19,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from batchroute.profiler import Counts, MemoryProfileStore, ProfilePolicy
-from tests.conftest import apply_settings, truncate_pg
+from tests.conftest import apply_settings, empty_db, sqlalchemy_pg_url, truncate_pg
 from tests.profiler_helpers import FakeClock, hist
 
 pytestmark = pytest.mark.integration
@@ -32,14 +32,7 @@ T2 = T1 + timedelta(minutes=1)
 @pytest.fixture(params=["postgres", "sqlite"])
 def snapshot_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database without snapshots, with settings pointing at it; yields its SQLAlchemy URL."""
-    if request.param == "postgres":
-        pg = request.getfixturevalue("pg_url")
-        truncate_pg(pg)
-        url = pg.replace("postgresql://", "postgresql+psycopg://")
-    else:
-        url = f"sqlite:///{tmp_path}/snapshots.db"
-    apply_settings(BATCHROUTE_DATABASE_URL=url, BATCHROUTE_BROKER_URL="memory://")
-    yield url
+    yield empty_db(request, tmp_path, request.param)
     apply_settings()
 
 
@@ -320,7 +313,7 @@ def test_the_prune_delete_uses_the_taken_at_index_on_postgres(pg_url: str) -> No
     from batchroute.profiler.snapshots import prune_snapshots
 
     truncate_pg(pg_url)
-    url = pg_url.replace("postgresql://", "postgresql+psycopg://")
+    url = sqlalchemy_pg_url(pg_url)
     start = datetime(2026, 11, 1, tzinfo=UTC)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("INSERT INTO profile_snapshots (taken_at, model, source, ok, errors, timeouts, rate_limited, "
