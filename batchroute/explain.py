@@ -51,6 +51,9 @@ def render_explanation(data: dict[str, Any], console: Console) -> None:
         for n in det.get("neighbours", []):
             console.print(f"  neighbour {n['id']} sim {n['similarity']:.3f}: {n['domain']}/{n['complexity']}",
                           highlight=False)
+        if det.get("template_lines_stripped"):
+            console.print(f"  predicted quality from outcome neighbours of the prompt without its "
+                          f"{det['template_lines_stripped']} template lines", highlight=False)
         t = Table("model", "quality", "prior", "cost $", "latency ms", "live", "score", "excluded")
         for c in det.get("candidates", []):
             t.add_row(c["model"], f"{c['quality']:.3f}", _prior_cell(c), f"{c['cost_usd']:.6f}",

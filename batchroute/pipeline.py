@@ -58,7 +58,8 @@ def route_input(request: Request, analysis: Any, registry: Registry,
 
 
 def decision_detail(analysis: Any, decision: Decision) -> dict[str, Any]:
-    """What ``batchroute explain`` shows: labels, confidence, neighbours, every candidate."""
+    """What ``batchroute explain`` shows: labels, confidence, neighbours, template lines left out of
+    the outcome search, every candidate."""
     return {
         "labels": {"domain": analysis.domain, "complexity": analysis.complexity, "style": analysis.style},
         "confidence": {"domain": round(analysis.confidence, 4),
@@ -66,6 +67,8 @@ def decision_detail(analysis: Any, decision: Decision) -> dict[str, Any]:
                        "style": round(analysis.style_confidence, 4)},
         "neighbours": [{"id": n.id, "similarity": round(float(n.similarity), 4), "domain": n.domain,
                         "complexity": n.complexity, "style": n.style} for n in analysis.neighbours],
+        # How many template lines the outcome-neighbour search left out (batchroute.analyzer.templates).
+        "template_lines_stripped": int(getattr(analysis, "template_lines_stripped", 0)),
         **decision.to_dict(),
     }
 

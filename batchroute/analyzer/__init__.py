@@ -16,7 +16,10 @@ How labels are made: prompts are embedded (:mod:`~batchroute.analyzer.embedder`)
 nearest exemplars vote, and a small logistic regression stacked on the vote and on cheap text
 features (:mod:`~batchroute.analyzer.features`) gives calibrated probabilities
 (:mod:`~batchroute.analyzer.labels`). ``analyze`` is batch-first: pass thousands of prompts in
-one call. Importing this package loads neither torch nor the model.
+one call. Outcome neighbours (predicted quality) are searched on the prompts without the lines
+they share with the batch or with a template the index learnt (few-shot examples, answer-format
+boilerplate; :mod:`~batchroute.analyzer.templates`), so the prompts of a templated job are not
+all predicted alike. Importing this package loads neither torch nor the model.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from batchroute.analyzer.features import FEATURE_NAMES, extract_features
 from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex
 from batchroute.analyzer.labels import AxisModel
 from batchroute.analyzer.priors import MIN_BATCH, adapt_priors
+from batchroute.analyzer.templates import strip_template, template_lines
 from batchroute.errors import AnalyzerError
 from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
 
@@ -81,7 +85,8 @@ class Analysis:
     probabilities were re-weighted to the label mix of the batch the prompt came in (see
     :mod:`batchroute.analyzer.priors`); ``outcome_stats`` maps a model
     to ``(similarity-weighted score sum, weight sum, neighbour count)`` over nearby exemplars
-    that carry outcomes for it (empty when none do).
+    that carry outcomes for it (empty when none do); ``template_lines_stripped`` says how many
+    template lines were left out of the prompt to find those neighbours (0: the whole prompt).
     """
 
     domain: str
@@ -96,6 +101,7 @@ class Analysis:
     outcome_stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     prior_adapted: bool = False
     outcome_strength: float = 5.0
+    template_lines_stripped: int = 0
 
     def predicted_quality(self, model_name: str, prior: float, strength: float | None = None) -> float:
         """Expected score of ``model_name`` on this prompt, in [0, 1].
@@ -134,11 +140,15 @@ class Analyzer:
         adapt_domain_prior: re-weight the domain probabilities of every ``analyze`` call of at
             least ``MIN_BATCH`` prompts to that batch's own label mix (EM; see
             :mod:`batchroute.analyzer.priors`). A batch of one is never adapted.
+        strip_templates: search outcome neighbours on the prompts without their template lines
+            (see :mod:`~batchroute.analyzer.templates`); False searches on the whole-prompt
+            embedding (the index's rows keep their content vectors either way).
     """
 
     def __init__(self, index: ExemplarIndex, embedder: Embedder, *, k: int = 15,
                  temperature: float = 0.05, outcome_k: int = 20, outcome_strength: float = 5.0,
-                 min_outcome_sim: float = 0.3, adapt_domain_prior: bool = True) -> None:
+                 min_outcome_sim: float = 0.3, adapt_domain_prior: bool = True,
+                 strip_templates: bool = True) -> None:
         if not len(index):
             raise AnalyzerError(
                 "the exemplar index is empty: no usable exemplar lines were found"
@@ -154,6 +164,7 @@ class Analyzer:
         self.outcome_strength = outcome_strength
         self.min_outcome_sim = min_outcome_sim
         self.adapt_domain_prior = adapt_domain_prior
+        self.strip_templates = strip_templates
         self.axes = {axis: AxisModel(len(names), k, temperature) for axis, names in AXES.items()}
         self.fit_report: dict[str, dict[str, float]] = {}
         self.feedback_seen = 0  # highest feedback row id already added (see batchroute.feedback)
@@ -208,11 +219,12 @@ class Analyzer:
             return []
         feats = list(features) if features is not None else [extract_features(p) for p in prompts]
         fmat = np.array([[f[n] for n in FEATURE_NAMES] for f in feats], dtype=np.float64)
+        content, stripped = self.content_embeddings(prompts, embeddings)
         with self._index_lock:
             sims, idx = self.index.search(embeddings, min(self.k * 2, len(self.index)))
             probs = {axis: model.predict(sims, idx, self.index.labels[axis], embeddings, fmat)
                      for axis, model in self.axes.items()}
-            outcome = self._outcome_stats(embeddings)
+            outcome = self._outcome_stats(content)
             neighbours = [[self._neighbour(int(j), float(sim))
                            for sim, j in zip(sims[i, :N_NEIGHBOURS], idx[i, :N_NEIGHBOURS], strict=True)
                            if j >= 0] for i in range(len(prompts))]
@@ -229,8 +241,41 @@ class Analyzer:
                 style_confidence=float(s[si]),
                 domain_probs={name: float(p) for name, p in zip(DOMAINS, d, strict=True)},
                 neighbours=neighbours[i], features=feats[i], outcome_stats=outcome[i],
-                prior_adapted=adapted, outcome_strength=self.outcome_strength))
+                prior_adapted=adapted, outcome_strength=self.outcome_strength,
+                template_lines_stripped=stripped[i]))
         return out
+
+    def content_embeddings(self, prompts: Sequence[str], embeddings: np.ndarray,
+                           batch_templates: bool = True) -> tuple[np.ndarray, list[int]]:
+        """Embeddings to search outcome neighbours with, and the template lines left out per prompt.
+
+        A prompt loses the lines it shares with the batch (``batch_templates``; see
+        :func:`~batchroute.analyzer.templates.template_lines`) or with a template the index
+        learnt, and only prompts that lose a line are embedded again. Nothing is stripped (and
+        nothing embedded) while the index holds no outcomes.
+        """
+        if not self.strip_templates or not len(self.index.outcome_rows):
+            return embeddings, [0] * len(prompts)
+        lines = self.index.template_lines | (template_lines(prompts) if batch_templates else frozenset())
+        content, counts = self._strip_and_embed(prompts, embeddings, lines, [True] * len(prompts))
+        return (embeddings if content is None else content), counts
+
+    def _strip_and_embed(self, prompts: Sequence[str], embeddings: np.ndarray, lines: frozenset[str],
+                         mask: Sequence[bool]) -> tuple[np.ndarray | None, list[int]]:
+        """Embeddings with the masked prompts that lose template ``lines`` re-embedded without them
+        (None: no prompt lost any), and how many lines each lost."""
+        counts = [0] * len(prompts)
+        if not lines:
+            return None, counts
+        texts = {i: strip_template(p, lines) for i, p in enumerate(prompts) if mask[i]}
+        changed = [i for i, t in texts.items() if t != prompts[i]]
+        if not changed:
+            return None, counts
+        out = np.array(embeddings, dtype=np.float32, copy=True)
+        out[changed] = self.embedder.encode([texts[i] for i in changed])
+        for i in changed:
+            counts[i] = sum(1 for ln in prompts[i].split("\n") if ln.strip() in lines)
+        return out, counts
 
     def _neighbour(self, row: int, sim: float) -> Neighbour:
         ex = self.index.meta[row]
@@ -270,9 +315,15 @@ class Analyzer:
         prompts = [r.get("prompt") for r in rows]
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise AnalyzerError("add_exemplars: every row needs a non-empty 'prompt'")
-        embeddings = self.embedder.encode([str(p) for p in prompts])
+        texts = [str(p) for p in prompts]
+        embeddings = self.embedder.encode(texts)
+        # Outcome rows get content vectors as the index's own rows do; the lines the outcome rows
+        # of this batch share (a job's template, arriving as feedback) are learnt for later queries.
+        has_outcomes = [bool(r.get("outcomes")) for r in rows]
+        learnt = template_lines([t for t, h in zip(texts, has_outcomes, strict=True) if h])
+        content, _ = self._strip_and_embed(texts, embeddings, self.index.template_lines | learnt, has_outcomes)
         with self._index_lock:
-            self.index.add(rows, embeddings)
+            self.index.add(rows, embeddings, content, learnt)
             if refit:
                 self.fit()
 

@@ -16,10 +16,16 @@ A label that is missing or ``null`` is simply not voted on by that row (the shar
 files carry no complexity or style). A malformed line is skipped and reported in
 :attr:`ExemplarIndex.problems` (and logged), never fatal.
 
+Rows with outcomes also get a *content* vector: the prompt without the template lines of its
+source file (see :mod:`batchroute.analyzer.templates`), which outcome neighbours are searched
+on; the lines learnt are kept in :attr:`ExemplarIndex.template_lines` so queries are stripped
+the same way.
+
 The built index is cached in ``cache_dir/<key>/`` where the key hashes the content of every
 input file, the embedder's :attr:`~batchroute.analyzer.embedder.Embedder.config_key`, the
-source of ``features.py`` (the cheap features of every exemplar are stored with it) and the
-schema version; loading a cached index reads a FAISS file, a JSON file and an ``.npy`` file.
+source of ``features.py`` and ``templates.py`` (features and content vectors are stored with
+it) and the schema version; loading a cached index reads a FAISS file, a JSON file and two
+``.npy`` files.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from batchroute.analyzer.features import FEATURE_NAMES, feature_matrix
+from batchroute.analyzer.templates import grouped_template_lines, strip_template
 from batchroute.errors import AnalyzerError
 from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
 
@@ -48,7 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUNDLED_EXEMPLARS = Path(__file__).resolve().parent.parent / "data" / "exemplars"
-SCHEMA_VERSION = 1
+# 2: content vectors and template lines of outcome rows.
+SCHEMA_VERSION = 2
 AXES: dict[str, tuple[str, ...]] = {"domain": DOMAINS, "complexity": COMPLEXITIES, "style": STYLES}
 
 
@@ -184,10 +192,11 @@ def read_rows(files: Sequence[tuple[Path, bytes | None]]) -> tuple[list[Exemplar
 
 
 def content_key(files: Sequence[tuple[Path, bytes | None]], config_key: str) -> str:
-    """Cache key: sha256 of every file's bytes (in order), the embedder config, the feature
-    code and the schema."""
+    """Cache key: sha256 of every file's bytes (in order), the embedder config, the feature and
+    template code and the schema."""
     h = hashlib.sha256(f"v{SCHEMA_VERSION}|{config_key}".encode())
-    h.update((Path(__file__).parent / "features.py").read_bytes())
+    for module in ("features.py", "templates.py"):
+        h.update((Path(__file__).parent / module).read_bytes())
     for path, data in files:
         h.update(b"\x00" + path.name.encode() + b"\x00")
         h.update(hashlib.sha256(data).digest() if data is not None else b"<unreadable>")
@@ -199,17 +208,24 @@ class ExemplarIndex:
 
     ``meta[i]`` describes row ``i`` of the FAISS index. Label arrays (``labels[axis]``: label
     index per row, -1 where the row carries none) and per-model outcome arrays are kept in
-    step for vectorised voting.
+    step for vectorised voting. ``content`` holds the content vector of every row (None: the
+    same as its FAISS vector for every row); ``template_lines`` the template lines learnt from
+    the outcome rows of each source file.
     """
 
     def __init__(self, index: Any, meta: list[Exemplar], features: np.ndarray,
-                 config: dict[str, Any] | None = None, problems: list[str] | None = None) -> None:
+                 config: dict[str, Any] | None = None, problems: list[str] | None = None,
+                 content: np.ndarray | None = None, template_lines: frozenset[str] = frozenset()) -> None:
         if index.ntotal != len(meta) or len(features) != len(meta):
             raise AnalyzerError(f"index has {index.ntotal} vectors, {len(features)} feature rows "
                                 f"and {len(meta)} metadata rows")
+        if content is not None and len(content) != len(meta):
+            raise AnalyzerError(f"{len(content)} content vectors for {len(meta)} rows")
         self.index = index
         self.meta = meta
         self.features = np.asarray(features, dtype=np.float32).reshape(len(meta), len(FEATURE_NAMES))
+        self.content = None if content is None else np.asarray(content, dtype=np.float32)
+        self.template_lines = frozenset(template_lines)
         self.config = config or {}
         self.problems = problems or []
         self.key = ""
@@ -244,15 +260,16 @@ class ExemplarIndex:
 
     @classmethod
     def from_vectors(cls, meta: list[Exemplar], vectors: np.ndarray, features: np.ndarray,
-                     config: dict[str, Any] | None = None,
-                     problems: list[str] | None = None) -> ExemplarIndex:
+                     config: dict[str, Any] | None = None, problems: list[str] | None = None,
+                     content: np.ndarray | None = None,
+                     template_lines: frozenset[str] = frozenset()) -> ExemplarIndex:
         """An index over given unit vectors and feature rows (row ``i`` belongs to ``meta[i]``)."""
         faiss = _faiss()
         vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(meta), -1)
         index = faiss.IndexFlatIP(vecs.shape[1] if len(meta) else 384)
         if len(meta):
             index.add(vecs)
-        return cls(index, meta, features, config, problems)
+        return cls(index, meta, features, config, problems, content, template_lines)
 
     @classmethod
     def build(cls, paths: Sequence[Path | str], embedder: Embedder) -> ExemplarIndex:
@@ -264,9 +281,11 @@ class ExemplarIndex:
         meta, prompts, problems = read_rows(files)
         t0 = time.perf_counter()
         vectors = embedder.encode(prompts)
-        log.info("embedded %d exemplars from %d files in %.1fs", len(prompts), len(files),
-                 time.perf_counter() - t0)
-        out = cls.from_vectors(meta, vectors, feature_matrix(prompts), embedder.config(), problems)
+        content, lines = content_vectors(meta, prompts, vectors, embedder)
+        log.info("embedded %d exemplars from %d files in %.1fs (%d template lines)", len(prompts),
+                 len(files), time.perf_counter() - t0, len(lines))
+        out = cls.from_vectors(meta, vectors, feature_matrix(prompts), embedder.config(), problems,
+                               content, lines)
         out.key = content_key(files, embedder.config_key)
         return out
 
@@ -305,8 +324,10 @@ class ExemplarIndex:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
         faiss.write_index(self.index, str(tmp / "index.faiss"))
         np.save(tmp / "features.npy", self.features)
+        if self.content is not None:
+            np.save(tmp / "content.npy", self.content)
         meta = {"schema": SCHEMA_VERSION, "config": self.config, "problems": self.problems,
-                "rows": [m.to_json() for m in self.meta]}
+                "template_lines": sorted(self.template_lines), "rows": [m.to_json() for m in self.meta]}
         (tmp / "meta.json").write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
         try:
             os.replace(tmp, directory)
@@ -325,8 +346,10 @@ class ExemplarIndex:
             raise AnalyzerError(f"{directory}: index schema {meta.get('schema')} != {SCHEMA_VERSION}")
         index = faiss.read_index(str(directory / "index.faiss"))
         features = np.load(directory / "features.npy")
+        content = np.load(directory / "content.npy") if (directory / "content.npy").is_file() else None
         return cls(index, [Exemplar.from_json(r) for r in meta["rows"]], features,
-                   meta.get("config"), meta.get("problems"))
+                   meta.get("config"), meta.get("problems"), content,
+                   frozenset(meta.get("template_lines") or ()))
 
     # ---- use ----------------------------------------------------------------------------------
 
@@ -349,30 +372,36 @@ class ExemplarIndex:
         return sims, idx
 
     def search_outcomes(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`search` over only the rows that carry outcomes; idx are index rows."""
+        """Like :meth:`search` over the *content* vectors of only the rows that carry outcomes;
+        ``embeddings`` should be content embeddings too (see :mod:`~batchroute.analyzer.templates`);
+        idx are index rows."""
         q = np.ascontiguousarray(embeddings, dtype=np.float32)
         if not len(self.outcome_rows):
             return (np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64))
-        if len(self.outcome_rows) == len(self):
+        if len(self.outcome_rows) == len(self) and self.content is None:
             return self.search(q, min(k, len(self)))
         if self._outcome_index is None:
             faiss = _faiss()
             sub = faiss.IndexFlatIP(self.dim)
-            sub.add(np.ascontiguousarray(self.vectors()[self.outcome_rows]))
+            source = self.vectors() if self.content is None else self.content
+            sub.add(np.ascontiguousarray(source[self.outcome_rows]))
             self._outcome_index = sub
         sims, sub_idx = self._outcome_index.search(q, min(k, len(self.outcome_rows)))
         return sims, np.where(sub_idx >= 0, self.outcome_rows[np.maximum(sub_idx, 0)], -1)
 
-    def add(self, rows: Sequence[Exemplar | dict[str, Any]], embeddings: np.ndarray) -> None:
+    def add(self, rows: Sequence[Exemplar | dict[str, Any]], embeddings: np.ndarray,
+            content: np.ndarray | None = None, template_lines: frozenset[str] = frozenset()) -> None:
         """Append exemplars: JSONL-style dicts (validated like file lines) or :class:`Exemplar`.
 
-        Used for feedback: the caller embeds the prompts with the same embedder. A dict's
-        ``prompt`` feeds the stored cheap features (zeros without it). Not persisted until
-        :meth:`save` is called; a model that uses the index (``Analyzer``) must be refitted
-        to learn from new labels, while new outcomes count at once.
+        Used for feedback: the caller embeds the prompts with the same embedder, and passes their
+        content embeddings (None: the same) and any template lines it learnt from them (added to
+        :attr:`template_lines`). A dict's ``prompt`` feeds the stored cheap features (zeros
+        without it). Not persisted until :meth:`save` is called; a model that uses the index
+        (``Analyzer``) must be refitted to learn from new labels, while new outcomes count at once.
         """
-        if len(rows) != len(embeddings):
-            raise AnalyzerError(f"add: {len(rows)} rows but {len(embeddings)} embeddings")
+        if len(rows) != len(embeddings) or (content is not None and len(content) != len(rows)):
+            raise AnalyzerError(f"add: {len(rows)} rows but {len(embeddings)} embeddings"
+                                + ("" if content is None else f" and {len(content)} content embeddings"))
         new: list[Exemplar] = []
         prompts: list[str] = []
         for i, row in enumerate(rows):
@@ -390,7 +419,37 @@ class ExemplarIndex:
             return
         feats = feature_matrix(prompts)
         feats[[i for i, p in enumerate(prompts) if not p]] = 0.0
-        self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+        vecs = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if content is not None or self.content is not None:
+            old = self.vectors() if self.content is None else self.content
+            self.content = np.vstack([old, vecs if content is None else np.asarray(content, dtype=np.float32)])
+        self.index.add(vecs)
         self.meta.extend(new)
         self.features = np.vstack([self.features, feats])
+        self.template_lines |= template_lines
         self._refresh()
+
+
+def content_vectors(meta: Sequence[Exemplar], prompts: Sequence[str], vectors: np.ndarray,
+                    embedder: Embedder) -> tuple[np.ndarray | None, frozenset[str]]:
+    """Content vectors of an index's rows and the template lines learnt: ``(content, lines)``.
+
+    Template lines are learnt per source file over its rows with outcomes (label-only rows are
+    never stripped: their whole text is what labels are voted on). Only the prompts that lose a
+    line are embedded again; ``content`` is None when none does.
+    """
+    by_source: dict[str, list[str]] = {}
+    for ex, prompt in zip(meta, prompts, strict=True):
+        if ex.outcomes:
+            by_source.setdefault(ex.source, []).append(prompt)
+    lines = grouped_template_lines(by_source.values())
+    if not lines:
+        return None, lines
+    stripped = {i: strip_template(p, lines) for i, (ex, p) in enumerate(zip(meta, prompts, strict=True))
+                if ex.outcomes}
+    changed = [i for i, text in stripped.items() if text != prompts[i]]
+    if not changed:
+        return None, lines
+    content = np.array(vectors, dtype=np.float32, copy=True)
+    content[changed] = embedder.encode([stripped[i] for i in changed])
+    return content, lines

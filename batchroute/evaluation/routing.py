@@ -17,9 +17,13 @@ the side the file was named.
 Method (all fitted on TRAIN rows only; test rows are never in the index — asserted by id and by
 prompt hash; train rows that share an id or a prompt with a test row are dropped first):
 
-1. **Text**: lines that occur in at least 5% of the train prompts (few-shot examples and
-   answer-format boilerplate of the benchmark prompts) are removed before embedding, so the
-   neighbours are found by what differs between prompts. The rule is learnt on train prompts.
+1. **Text**: template lines (few-shot examples and answer-format boilerplate of the benchmark
+   prompts) are removed before embedding, so the neighbours are found by what differs between
+   prompts: exactly what the analyzer does for its outcome neighbours
+   (:mod:`batchroute.analyzer.templates`). Train rows lose the lines in >= 5% of their file's
+   train prompts (as ``index build`` learns them per file); test rows those lines plus the ones
+   in >= 5% of their own test file's prompts (as ``analyze`` does per batch; prompts only,
+   never outcomes). Without it, every ARC prompt's nearest train row has cosine 1.0.
 2. **Embedding** with the project's :class:`~batchroute.analyzer.Embedder`, cached on disk by
    content hash (its SQLite store under ``cache_dir``), so a second run embeds nothing.
 3. **Prediction** for test prompt ``x`` and model ``m`` from its ``k`` nearest train rows (cosine),
@@ -70,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from batchroute.analyzer.templates import grouped_template_lines, strip_template, template_lines
 from batchroute.errors import InputError
 from batchroute.evaluation.labels import iter_jsonl, prompt_hash
 from batchroute.evaluation.metrics import (
@@ -119,7 +124,6 @@ ROUTERBENCH_REFERENCE = (
     "(MiniLM embeddings) did not reliably beat the non-decreasing convex hull of the single models "
     "(AIQ router <= AIQ single hull on most tasks); the oracle lies far above both.")
 
-BOILERPLATE_MIN_SHARE = 0.05
 CV_FOLDS = 5
 CV_REPEATS = 2
 
@@ -240,22 +244,11 @@ def fill_arrays(data: OutcomeSet, models: Sequence[str], mode: str, prices: dict
     data.scores, data.costs = scores, costs
 
 
-def boilerplate_lines(train_prompts: Sequence[str], min_share: float = BOILERPLATE_MIN_SHARE,
-                      min_count: int = 3) -> frozenset[str]:
-    """Lines (stripped) that occur in at least ``min_share`` of the train prompts (and ``min_count``)."""
-    df: Counter[str] = Counter()
-    for p in train_prompts:
-        df.update({ln.strip() for ln in p.split("\n") if ln.strip()})
-    threshold = max(min_count, min_share * len(train_prompts))
-    return frozenset(ln for ln, c in df.items() if c >= threshold)
-
-
-def strip_lines(prompt: str, lines: frozenset[str]) -> str:
-    """``prompt`` without the given boilerplate lines (unchanged if nothing would remain)."""
-    if not lines:
-        return prompt
-    kept = [ln for ln in prompt.split("\n") if ln.strip() and ln.strip() not in lines]
-    return "\n".join(kept) if kept else prompt
+def _by_file(data: OutcomeSet) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p, f in zip(data.prompts, data.files, strict=True):
+        out.setdefault(f, []).append(p)
+    return out
 
 
 def embed(texts: Sequence[str], embedder: Any, chunk: int = 1000) -> np.ndarray:
@@ -740,7 +733,7 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
             (default ``settings.data_dir / "eval_cache"``).
         prices: ``{model: (input, output) USD per Mtok}`` for files without costs (default
             :data:`PRICE_TABLE`).
-        strip_boilerplate: remove lines frequent in the train prompts before embedding.
+        strip_boilerplate: remove template lines before embedding (see the module docstring).
         bootstrap: resamples of the test rows for the 95% interval of the AIQ gain, and as many
             shuffles of the predictions for the chance level (0: neither).
 
@@ -787,16 +780,20 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
     cost_prior = np.nanmean(tr.costs, axis=0)
     c_scale = float(np.max(cost_prior)) or 1.0
 
-    # Embeddings (train-only boilerplate rule), cached on disk by content hash.
+    # Embeddings of the prompts without their template lines, cached on disk by content hash.
     t0 = time.perf_counter()
     if embedder is None:
         from batchroute.analyzer import Embedder
         from batchroute.settings import get_settings
 
         embedder = Embedder(cache_dir=cache_dir or get_settings().data_dir / "eval_cache")
-    lines = boilerplate_lines(tr.prompts) if strip_boilerplate else frozenset()
-    tr_emb = embed([strip_lines(p, lines) for p in tr.prompts], embedder)
-    te_emb = embed([strip_lines(p, lines) for p in te.prompts], embedder)
+    lines, te_texts = frozenset[str](), list(te.prompts)
+    if strip_boilerplate:
+        lines = grouped_template_lines(_by_file(tr).values())
+        te_lines = {f: lines | template_lines(ps) for f, ps in _by_file(te).items()}
+        te_texts = [strip_template(p, te_lines[f]) for p, f in zip(te.prompts, te.files, strict=True)]
+    tr_emb = embed([strip_template(p, lines) for p in tr.prompts], embedder)
+    te_emb = embed(te_texts, embedder)
     t_embed = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -859,7 +856,6 @@ __all__ = [
     "ROUTERBENCH_REFERENCE",
     "KnnParams",
     "OutcomeSet",
-    "boilerplate_lines",
     "eval_routing",
     "knn",
     "lambda_grid",
@@ -867,5 +863,4 @@ __all__ = [
     "predict",
     "read_outcomes",
     "score_test",
-    "strip_lines",
 ]

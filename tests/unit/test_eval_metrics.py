@@ -28,14 +28,12 @@ from batchroute.evaluation.metrics import (
 from batchroute.evaluation.routing import (
     KnnParams,
     OutcomeSet,
-    boilerplate_lines,
     knn,
     lambda_grid,
     lambda_path,
     predict,
     router_points,
     score_test,
-    strip_lines,
 )
 
 # ---- classification ---------------------------------------------------------------------------
@@ -261,14 +259,6 @@ def test_chance_level_of_a_router_without_signal() -> None:
     # A router told the truth beats its own shuffles.
     res = score_test(s, c, data, ["a", "b", "c"], 1.0, "recorded", None, None, bootstrap=50)
     assert res["chance"]["aiq_gain_p_value"] < 0.05 and res["chance"]["router_beats_chance"]
-
-
-def test_boilerplate_lines_are_learnt_from_train_prompts() -> None:
-    train = [f"Answer with a letter.\nQuestion {i}?\nAnswer:" for i in range(20)]
-    lines = boilerplate_lines(train)
-    assert lines == frozenset({"Answer with a letter.", "Answer:"})
-    assert strip_lines("Answer with a letter.\nWhat is 2+2?\nAnswer:", lines) == "What is 2+2?"
-    assert strip_lines("Answer:", lines) == "Answer:"      # never emptied
 
 
 # ---- eval_routing end to end, with a fake embedder (no model) ------------------------------------
