@@ -110,7 +110,7 @@ def index_build(
         shutil.copyfile(src, target)
         added.append(str(target))
     reset_analyzer()
-    embedder = Embedder(batch_size=settings.embed_batch_size)
+    embedder = Embedder.from_settings()
     cache = settings.data_dir / "index"
     t0 = time.perf_counter()
     index = ExemplarIndex.load_or_build(index_paths(), embedder, cache)

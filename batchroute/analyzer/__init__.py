@@ -371,7 +371,7 @@ def get_analyzer() -> Analyzer:
             settings = get_settings()
             _SINGLETON = Analyzer.from_paths(
                 index_paths(),
-                embedder=Embedder(batch_size=settings.embed_batch_size),
+                embedder=Embedder.from_settings(),
                 cache_dir=settings.data_dir / "index",
                 outcome_k=settings.analyzer_outcome_k,
                 outcome_strength=settings.analyzer_outcome_strength)

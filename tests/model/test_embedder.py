@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from batchroute.analyzer import Embedder, PrepConfig, backend, onnx_model
-from batchroute.analyzer.backend import encode_direct, load_model, native_bf16, tokenizer_for, torch_forward
+from batchroute.analyzer.backend import encode_direct, load_model, tokenizer_for, torch_forward
 from batchroute.errors import AnalyzerError
 
 pytestmark = pytest.mark.model
@@ -76,13 +76,34 @@ def test_reduced_precision_vectors_stay_close_to_fp32(precision: str, min_cos: f
 
 def test_precision_choice_and_config_key() -> None:
     assert Embedder(quantize=False).precision == "fp32"
-    assert Embedder().precision == ("bf16" if native_bf16() else "ort-int8")
+    assert Embedder().precision == "ort-int8"
     assert Embedder(precision="int8").quantize and not Embedder(precision="fp32").quantize
     keys = {Embedder(precision=p, prep=PrepConfig()).config_key for p in ("fp32", "bf16", "int8", "ort-int8")}
     assert len(keys) == 4
     assert Embedder(precision="int8").config()["precision"] == "int8"
     with pytest.raises(AnalyzerError):
         Embedder(precision="fp16")
+
+
+def test_embedder_from_settings() -> None:
+    from batchroute.errors import ConfigError
+    from tests.conftest import apply_settings
+
+    try:
+        apply_settings()
+        auto = Embedder.from_settings()
+        assert auto.precision == "ort-int8" and auto.batch_size == 64
+        apply_settings(BATCHROUTE_EMBED_PRECISION="bf16", BATCHROUTE_EMBED_BATCH_SIZE="16")
+        chosen = Embedder.from_settings(cache_size=7)
+        assert (chosen.precision, chosen.batch_size, chosen.cache_size) == ("bf16", 16, 7)
+        # An explicit argument wins over the setting.
+        assert Embedder.from_settings(precision="fp32").precision == "fp32"
+        apply_settings(BATCHROUTE_EMBED_PRECISION="fp16")
+        with pytest.raises(ConfigError) as info:
+            Embedder.from_settings()
+        assert "BATCHROUTE_EMBED_PRECISION" in " ".join(info.value.problems)
+    finally:
+        apply_settings()
 
 
 def test_onnx_graph_is_built_once_and_reused(tmp_path: Path) -> None:
