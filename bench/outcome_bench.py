@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 from batchroute.analyzer import BUNDLED_EXEMPLARS, Analyzer, Embedder, ExemplarIndex  # noqa: E402
 from batchroute.evaluation.metrics import roc_auc  # noqa: E402
+from batchroute.settings import DEFAULT_OUTCOME_K, DEFAULT_OUTCOME_STRENGTH  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "outcomes"
 TASKS = ("routerbench_arc_challenge", "routerbench_winograde", "routerbench_mbpp")
@@ -82,8 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--chunk", type=int, default=200, help="prompts per analyze call (the analyze stage's chunk)")
-    ap.add_argument("--outcome-k", type=int, default=20)
-    ap.add_argument("--outcome-strength", type=float, default=5.0)
+    ap.add_argument("--outcome-k", type=int, default=DEFAULT_OUTCOME_K)
+    ap.add_argument("--outcome-strength", type=float, default=DEFAULT_OUTCOME_STRENGTH)
     args = ap.parse_args()
     embedder = Embedder()
     embedder.encode(["warm up the model before anything is timed"])

@@ -41,6 +41,7 @@ from batchroute.analyzer.labels import AxisModel
 from batchroute.analyzer.priors import MIN_BATCH, adapt_priors
 from batchroute.analyzer.templates import strip_template, template_lines
 from batchroute.errors import AnalyzerError
+from batchroute.settings import DEFAULT_OUTCOME_K, DEFAULT_OUTCOME_STRENGTH
 from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
 
 __all__ = [
@@ -100,7 +101,7 @@ class Analysis:
     features: dict[str, float]
     outcome_stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     prior_adapted: bool = False
-    outcome_strength: float = 5.0
+    outcome_strength: float = DEFAULT_OUTCOME_STRENGTH
     template_lines_stripped: int = 0
 
     def predicted_quality(self, model_name: str, prior: float, strength: float | None = None) -> float:
@@ -146,7 +147,8 @@ class Analyzer:
     """
 
     def __init__(self, index: ExemplarIndex, embedder: Embedder, *, k: int = 15,
-                 temperature: float = 0.05, outcome_k: int = 20, outcome_strength: float = 5.0,
+                 temperature: float = 0.05, outcome_k: int = DEFAULT_OUTCOME_K,
+                 outcome_strength: float = DEFAULT_OUTCOME_STRENGTH,
                  min_outcome_sim: float = 0.3, adapt_domain_prior: bool = True,
                  strip_templates: bool = True) -> None:
         if not len(index):

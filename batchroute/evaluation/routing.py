@@ -87,6 +87,7 @@ from batchroute.evaluation.metrics import (
     shrunk_quality,
     threshold_curve,
 )
+from batchroute.settings import DEFAULT_OUTCOME_K, DEFAULT_OUTCOME_STRENGTH
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,8 @@ CV_REPEATS = 2
 class KnnParams:
     """The kNN router's knobs. ``temperature`` None: weights are the cosine similarities."""
 
-    k: int = 20
-    strength: float = 5.0
+    k: int = DEFAULT_OUTCOME_K  # the analyzer's defaults, so "default_params" is what production runs
+    strength: float = DEFAULT_OUTCOME_STRENGTH
     temperature: float | None = None
 
     def weights(self, sims: np.ndarray) -> np.ndarray:

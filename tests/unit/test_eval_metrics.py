@@ -353,3 +353,18 @@ def test_eval_routing_printout_shows_the_chance_level(tmp_path: Path, monkeypatc
     p = rep["params"]
     assert (f"to route with these kNN settings: BATCHROUTE_ANALYZER_OUTCOME_K={p['k']} "
             f"BATCHROUTE_ANALYZER_OUTCOME_STRENGTH={p['strength']}") in " ".join(text.split())
+
+
+def test_eval_default_params_are_what_the_analyzer_runs() -> None:
+    import inspect
+
+    from batchroute.analyzer import Analyzer
+    from batchroute.evaluation.routing import KnnParams
+    from batchroute.settings import Settings
+
+    sig = inspect.signature(Analyzer).parameters
+    fields = Settings.model_fields
+    assert (fields["analyzer_outcome_k"].default, KnnParams().k, sig["outcome_k"].default) == (80, 80, 80)
+    assert (fields["analyzer_outcome_strength"].default, KnnParams().strength,
+            sig["outcome_strength"].default) == (5.0, 5.0, 5.0)
+    assert KnnParams().temperature is None  # the analyzer weighs neighbours by cosine
