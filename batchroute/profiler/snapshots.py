@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 MIN_SNAPSHOT_ATTEMPTS = 0.01
 DEFAULT_HISTORY_HOURS = 24.0
 DEFAULT_HISTORY_LIMIT = 1000
+# Rows per DELETE statement (and transaction) when old snapshots are pruned.
+PRUNE_BATCH_ROWS = 10_000
 
 
 def snapshot_rows(counts: Mapping[str, Counts], policy: ProfilePolicy, taken_at: datetime,
@@ -171,13 +173,16 @@ def prune_cutoff(older_than_days: float | None = None, now: datetime | None = No
     return retention_cutoff(now, older_than_days)
 
 
-def prune_snapshots(older_than: datetime, url: str | None = None) -> int:
+def prune_snapshots(older_than: datetime, url: str | None = None, batch_rows: int = PRUNE_BATCH_ROWS) -> int:
     """Delete every snapshot taken before ``older_than`` (aware), of any model and source; rows deleted.
 
-    One ``DELETE ... WHERE taken_at < :older_than`` (the ``ix_profile_snapshots_taken`` index),
-    committed on return. Raises StorageError when the database fails (e.g. not migrated).
+    Oldest first, at most ``batch_rows`` rows per ``DELETE ... WHERE id IN (SELECT id ... WHERE
+    taken_at < :older_than ORDER BY taken_at LIMIT n)`` (the ``ix_profile_snapshots_taken`` index),
+    each committed on its own: the first prune after an upgrade or a lowered retention deletes a
+    large backlog without one long transaction holding its locks, and what was deleted before a
+    failure stays deleted. Raises StorageError when the database fails (e.g. not migrated).
     """
-    from sqlalchemy import delete
+    from sqlalchemy import delete, select
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import col
 
@@ -186,14 +191,22 @@ def prune_snapshots(older_than: datetime, url: str | None = None) -> int:
 
     if older_than.tzinfo is None:
         raise ValueError("older_than must be timezone-aware (UTC)")
-    query = delete(ProfileSnapshot).where(col(ProfileSnapshot.taken_at) < older_than.astimezone(UTC))
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    oldest = (select(col(ProfileSnapshot.id)).where(col(ProfileSnapshot.taken_at) < older_than.astimezone(UTC))
+              .order_by(col(ProfileSnapshot.taken_at)).limit(batch_rows))
+    query = delete(ProfileSnapshot).where(col(ProfileSnapshot.id).in_(oldest.scalar_subquery()))
+    total = 0
     try:
-        with session_scope(url) as session:
-            deleted = session.exec(query).rowcount
+        while True:
+            with session_scope(url) as session:
+                deleted = int(session.exec(query).rowcount)
+            total += deleted
+            if deleted < batch_rows:
+                return total
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot delete profile snapshots: {_db_reason(exc)} "
+        raise StorageError(f"cannot delete profile snapshots ({total} deleted before): {_db_reason(exc)} "
                            "(is the database migrated? `batchroute migrate`)") from exc
-    return int(deleted)
 
 
 def parse_since(value: str) -> datetime:
