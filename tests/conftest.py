@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from batchroute.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 # One data dir for the whole session (and the worker processes it starts): the exemplar index
 # is built once and reused from its on-disk cache.
@@ -27,14 +29,9 @@ PG_TEST_DB = f"batchroute_test_{os.getpid()}"
 REDIS_URL = os.environ.get("BATCHROUTE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-SETTINGS_ENV = ("BATCHROUTE_DATABASE_URL", "BATCHROUTE_BROKER_URL", "BATCHROUTE_SIM_URL",
-                "BATCHROUTE_SIM_TIME_SCALE", "BATCHROUTE_REDIS_URL", "BATCHROUTE_RECONCILE_AFTER_S",
-                "BATCHROUTE_MAX_ATTEMPTS_PER_MODEL", "BATCHROUTE_BACKOFF_BASE_S", "BATCHROUTE_BACKOFF_CAP_S",
-                "BATCHROUTE_REQUEST_TIMEOUT_S", "BATCHROUTE_PROVIDER_CHUNK_SIZE", "BATCHROUTE_ANALYZE_CHUNK_SIZE",
-                "BATCHROUTE_PROFILE_BACKEND", "BATCHROUTE_PROFILE_HALF_LIFE_S", "BATCHROUTE_PROFILE_CACHE_S",
-                "BATCHROUTE_PROFILE_PREFIX", "BATCHROUTE_PROFILE_SNAPSHOT_S",
-                "BATCHROUTE_PROFILE_SNAPSHOT_RETENTION_DAYS", "BATCHROUTE_EMBED_PRECISION",
-                "BATCHROUTE_EMBED_BATCH_SIZE")
+# Every BATCHROUTE_* setting but the data dir (one per session, above): apply_settings unsets
+# them, so a variable in the developer's shell never leaks into a test.
+SETTINGS_ENV = tuple(f"BATCHROUTE_{name.upper()}" for name in Settings.model_fields if name != "data_dir")
 
 
 def service_missing(what: str, exc: BaseException) -> None:
