@@ -120,7 +120,8 @@ def index_build(
     load_s = time.perf_counter() - t0
     report: dict[str, Any] = {
         "added": added, "exemplars": len(index), "with_outcomes": len(index.outcome_rows),
-        "outcome_models": list(index.models), "key": index.key, "build_s": round(build_s, 3),
+        "outcome_models": list(index.models), "template_lines": len(index.template_lines),
+        "key": index.key, "build_s": round(build_s, 3),
         "load_s": round(load_s, 3), "skipped_lines": len(problems), "paths": [str(p) for p in index_paths()]}
     if as_json:
         out.print_json(data=report)
@@ -128,8 +129,8 @@ def index_build(
     for p in problems[:20]:
         err.print(f"[yellow]skipped[/] {p}", highlight=False)
     out.print(f"index {report['key']}: {report['exemplars']} exemplars, {report['with_outcomes']} with outcomes "
-              f"({len(report['outcome_models'])} models); built in {build_s:.2f}s, loads in {load_s:.3f}s",
-              highlight=False)
+              f"({len(report['outcome_models'])} models, {report['template_lines']} template lines); "
+              f"built in {build_s:.2f}s, loads in {load_s:.3f}s", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -140,6 +140,7 @@ def test_index_build_from_adds_rows_and_skips_bad_lines(embedded: Path, monkeypa
         report = json.loads(res.stdout)
         assert report["exemplars"] == bundled + 3 and report["skipped_lines"] == 2
         assert report["with_outcomes"] >= 1 and "sim-llama-3-8b" in report["outcome_models"]
+        assert report["template_lines"] == 0  # one outcome row: too few to share a template
         assert report["load_s"] < 1.0
         assert Path(report["added"][0]).parent == embedded / "data" / "exemplars"
         # Every later analyzer in this data dir uses the added rows.
