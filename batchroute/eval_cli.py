@@ -64,7 +64,8 @@ def print_routing(report: dict[str, Any]) -> None:
     out.print(f"[bold]train[/] {', '.join(report['train_files'])}: {report['train_rows']} rows "
               f"({report['train_rows_dropped_overlap']} dropped: shared id/prompt with a test row); "
               f"cost: {report['cost_mode']}; kNN k={p['k']} strength={p['strength']} "
-              f"temperature={p['temperature']}; {report['timing_s']['total']}s", highlight=False)
+              f"temperature={p['temperature']}; {report['boilerplate_lines_stripped']} template lines left out; "
+              f"{report['timing_s']['total']}s", highlight=False)
     hint = f"BATCHROUTE_ANALYZER_OUTCOME_K={p['k']} BATCHROUTE_ANALYZER_OUTCOME_STRENGTH={p['strength']}"
     if p["temperature"] is not None:
         hint += f" (the analyzer weights neighbours by similarity, not temperature {p['temperature']})"
@@ -145,13 +146,15 @@ def register(app: typer.Typer) -> None:
         tune: Annotated[bool, typer.Option(help="choose k / strength / temperature by CV on train rows")] = True,
         bootstrap: Annotated[int, typer.Option(
             min=0, help="resamples for the AIQ-gain interval and shuffles for the chance level (0: none)")] = 200,
+        strip_templates: Annotated[bool, typer.Option(
+            help="search neighbours on prompts without their template lines, as the analyzer does")] = True,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         """Cost-quality curve of the kNN router vs single models, random and oracle: AIQ, APGR, CPT."""
         from batchroute.evaluation import eval_routing
 
         report = eval_routing(train, test, seed=seed, max_train=max_train, max_test=max_test, tune=tune,
-                              bootstrap=bootstrap)
+                              bootstrap=bootstrap, strip_boilerplate=strip_templates)
         if as_json:
             print(json.dumps(report, indent=2))
         else:

@@ -368,3 +368,44 @@ def test_eval_default_params_are_what_the_analyzer_runs() -> None:
     assert (fields["analyzer_outcome_strength"].default, KnnParams().strength,
             sig["outcome_strength"].default) == (5.0, 5.0, 5.0)
     assert KnnParams().temperature is None  # the analyzer weighs neighbours by cosine
+
+
+def test_eval_routing_strips_template_lines_unless_told_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import batchroute.evaluation as evaluation
+    from batchroute.cli import app
+    from batchroute.evaluation import eval_routing
+
+    header = "Answer with one letter, please."
+    rows = [{**r, "prompt": f"{header}\n{r['prompt']}\nAnswer:"} for r in _rows(40, "train", costs=True)]
+    tr = _write(tmp_path / "tr.jsonl", rows)
+    te = _write(tmp_path / "te.jsonl", [{**r, "prompt": f"{header}\n{r['prompt']}\nAnswer:"}
+                                        for r in _rows(10, "test", costs=True)])
+    seen: list[list[str]] = []
+
+    class Recording(_FakeEmbedder):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            seen.append(list(texts))
+            return super().encode(texts)
+
+    rep = eval_routing([tr], [te], embedder=Recording(), tune=False, bootstrap=0)
+    assert rep["boilerplate_lines_stripped"] == 2
+    assert not any(header in t or "Answer:" in t for batch in seen for t in batch)
+    seen.clear()
+    rep = eval_routing([tr], [te], embedder=Recording(), tune=False, bootstrap=0, strip_boilerplate=False)
+    assert rep["boilerplate_lines_stripped"] == 0
+    assert all(t.startswith(header) for batch in seen for t in batch)
+
+    # The CLI flag reaches eval_routing.
+    calls: list[dict[str, Any]] = []
+
+    def fake(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(evaluation, "eval_routing", fake)
+    runner = CliRunner()
+    for flag, expected in (([], True), (["--no-strip-templates"], False)):
+        runner.invoke(app, ["eval", "routing", "--train", str(tr), "--test", str(te), *flag])
+        assert calls.pop()["strip_boilerplate"] is expected
