@@ -76,7 +76,7 @@ full prompt, fp32, 256 tok      0.980 / 0.687    29-31 (baseline, ``encode_plain
 *Xeon with AMX (2026-12-07)*                     *analyze, best of 3*
 full prompt, fp32, 256 tok      0.980 / 0.687    51 (baseline, ``encode_plain``)
 40+16 words, bf16, 96 tok       0.970 / 0.665    397 (7.7x)
-40+16 words, ort-int8, 96 tok   0.973 / 0.682    314 (5.9x)   <- default
+40+16 words, ort-int8, 96 tok   0.973 / 0.682    314-322 (5.9-6.1x)   <- default
 *an earlier AMX CPU*                             *embedder alone, best of 4*
 full prompt, fp32, 256 tok      0.980 / 0.687    41 (baseline)
 full prompt, bf16, 256 tok      0.980 / 0.694    127
@@ -246,6 +246,7 @@ class Embedder:
         self._disk = _DiskCache(cache_dir / "embeddings.sqlite") if cache_dir else None
         self._model_dir = model_dir
         self.stats = {"hits": 0, "misses": 0}
+        self._config_key: tuple[str, str] | None = None  # (what it was built from, the key)
 
     @property
     def model_path(self) -> Path:
@@ -283,14 +284,19 @@ class Embedder:
     @property
     def config_key(self) -> str:
         """Names everything that changes a vector: model, precision, preparation."""
-        tag = _PRECISION_TAG[self.precision]
-        if self.precision == "ort-int8":
-            # Another onnxruntime may quantise or compute slightly differently: never mix its
-            # vectors with cached ones (the graph file's own key includes the version too).
-            import importlib.metadata
+        # Built once: every cache key hashes it, and reading a package version parses its
+        # metadata (~0.7 ms, 15% of a whole analyze call when it was done per prompt).
+        key = f"{self.model_name}|{self.precision}|{self.prep.key()}"
+        if self._config_key is None or self._config_key[0] != key:
+            tag = _PRECISION_TAG[self.precision]
+            if self.precision == "ort-int8":
+                # Another onnxruntime may quantise or compute slightly differently: never mix its
+                # vectors with cached ones (the graph file's own key includes the version too).
+                import importlib.metadata
 
-            tag += "-ort" + importlib.metadata.version("onnxruntime")
-        return f"{self.model_name}|{tag}|{self.prep.key()}"
+                tag += "-ort" + importlib.metadata.version("onnxruntime")
+            self._config_key = (key, f"{self.model_name}|{tag}|{self.prep.key()}")
+        return self._config_key[1]
 
     def config(self) -> dict[str, Any]:
         """The configuration as JSON-ready data (stored with an index)."""
@@ -323,8 +329,8 @@ class Embedder:
         with self._lock:
             self._lru.clear()
 
-    def _key(self, prepared: str) -> str:
-        return hashlib.sha256((self.config_key + "\x00" + prepared).encode("utf-8")).hexdigest()
+    def _key(self, prepared: str, config_key: str | None = None) -> str:
+        return hashlib.sha256(((config_key or self.config_key) + "\x00" + prepared).encode("utf-8")).hexdigest()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``: an ``(len(texts), 384)`` float32 array of unit-length rows.
@@ -334,7 +340,8 @@ class Embedder:
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         prepared = [self.prepare(t) for t in texts]
-        keys = [self._key(p) for p in prepared]
+        config_key = self.config_key
+        keys = [self._key(p, config_key) for p in prepared]
         found: dict[str, np.ndarray] = {}
         with self._lock:
             for k in keys:

@@ -85,6 +85,39 @@ def test_precision_choice_and_config_key() -> None:
         Embedder(precision="fp16")
 
 
+def test_config_key_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    calls: list[str] = []
+    real = importlib.metadata.version
+
+    def counting(name: str) -> str:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", counting)
+    emb = Embedder(precision="ort-int8")
+    first = emb.config_key
+    assert first.endswith(emb.prep.key()) and "-ort" + real("onnxruntime") in first
+    keys = {emb._key(f"text {i}") for i in range(50)}
+    assert len(keys) == 50 and calls == ["onnxruntime"]
+    # Another preparation is another key (and the version is looked up again for it).
+    emb.prep = PrepConfig(head_words=8, tail_words=4, max_seq_length=32)
+    assert emb.config_key != first and emb.config_key.endswith("h8-t4-s32-c6") and len(calls) == 2
+
+
+def test_faiss_scores_query_batches_with_blas() -> None:
+    import faiss
+
+    from batchroute.analyzer.index import BLAS_THRESHOLD, ExemplarIndex
+
+    index = ExemplarIndex.from_vectors([], np.zeros((0, 384), dtype=np.float32), np.zeros((0, 0)))
+    assert len(index) == 0 and index.dim == 384  # an empty index can be made (it used to fail to reshape)
+
+    # 20 queries of 384 dimensions take the BLAS path, one query the SIMD loops.
+    assert faiss.cvar.distance_compute_blas_threshold == BLAS_THRESHOLD == 20 * index.dim
+
+
 def test_embedder_from_settings() -> None:
     from batchroute.errors import ConfigError
     from tests.conftest import apply_settings
