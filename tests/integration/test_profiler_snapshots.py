@@ -327,38 +327,32 @@ def test_the_prune_delete_uses_the_taken_at_index_on_postgres(pg_url: str) -> No
             statements.append((statement, parameters))
 
     eng = get_engine(url)
-    event.listen(eng, "before_cursor_execute", capture)
-    try:
-        assert prune_snapshots(start + timedelta(minutes=5), url) == 5
-    finally:
-        event.remove(eng, "before_cursor_execute", capture)
-    assert len(statements) == 1
+
+    def prune(minutes: int, **kw: Any) -> tuple[int, int]:
+        """Rows deleted before ``start + minutes`` and the DELETE statements it took."""
+        statements.clear()
+        event.listen(eng, "before_cursor_execute", capture)
+        try:
+            return prune_snapshots(start + timedelta(minutes=minutes), url, **kw), len(statements)
+        finally:
+            event.remove(eng, "before_cursor_execute", capture)
+
+    def remaining() -> Any:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            return conn.execute("SELECT count(*), min(taken_at) FROM profile_snapshots").fetchone()
+
+    assert prune(5) == (5, 1)
     statement, parameters = statements[0]
     with psycopg.connect(pg_url, autocommit=True) as conn:
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, parameters).fetchall())
-        assert conn.execute("SELECT count(*), min(taken_at) FROM profile_snapshots").fetchone() == (
-            19995, start + timedelta(minutes=5))
+    assert remaining() == (19995, start + timedelta(minutes=5))
     assert "ix_profile_snapshots_taken" in plan, plan
     assert "Seq Scan" not in plan, plan
 
     # A backlog goes in batches, oldest first, each its own statement: 995 rows by 400 = 3 DELETEs.
-    statements.clear()
-    event.listen(eng, "before_cursor_execute", capture)
-    try:
-        assert prune_snapshots(start + timedelta(minutes=1000), url, batch_rows=400) == 995
-    finally:
-        event.remove(eng, "before_cursor_execute", capture)
-    assert len(statements) == 3
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*), min(taken_at) FROM profile_snapshots").fetchone() == (
-            19000, start + timedelta(minutes=1000))
+    assert prune(1000, batch_rows=400) == (995, 3)
+    assert remaining() == (19000, start + timedelta(minutes=1000))
     # An exact multiple of the batch needs one more (empty) statement to know it is done.
-    statements.clear()
-    event.listen(eng, "before_cursor_execute", capture)
-    try:
-        assert prune_snapshots(start + timedelta(minutes=1800), url, batch_rows=400) == 800
-    finally:
-        event.remove(eng, "before_cursor_execute", capture)
-    assert len(statements) == 3
+    assert prune(1800, batch_rows=400) == (800, 3)
     with pytest.raises(ValueError, match="batch_rows must be >= 1"):
         prune_snapshots(start, url, batch_rows=0)
