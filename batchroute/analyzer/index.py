@@ -60,13 +60,15 @@ SCHEMA_VERSION = 2
 AXES: dict[str, tuple[str, ...]] = {"domain": DOMAINS, "complexity": COMPLEXITIES, "style": STYLES}
 
 
+# Fewer queries than this are a "small" search (a realtime prompt, a short feedback batch).
+SMALL_SEARCH = 20
 # faiss scores a query batch with one BLAS matrix product once queries x dimension reaches this,
 # else with per-query SIMD loops. faiss-cpu 1.15 ships 128,000 (334 queries of 384 dimensions), so
 # an analyze chunk of 200-300 prompts never took the BLAS path: 300 queries against 16,800 rows
-# took 161 ms, 18 ms with BLAS. Below 20 queries the loops stay: they are as fast there, and BLAS
+# took 161 ms, 18 ms with BLAS. Small searches keep the loops: they are as fast there, and BLAS
 # threads would compete with ONNX Runtime's for the cores (a single query took 8 ms instead of
 # 0.3 ms inside the analyzer). Set once per process, on faiss's first import.
-BLAS_THRESHOLD = 20 * 384
+BLAS_THRESHOLD = SMALL_SEARCH * 384
 
 
 def _faiss() -> Any:
@@ -78,6 +80,25 @@ def _faiss() -> Any:
     if faiss.cvar.distance_compute_blas_threshold != BLAS_THRESHOLD:
         faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
     return faiss
+
+
+def _knn(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search``, on one OpenMP thread for a small search.
+
+    Right after a forward pass ONNX Runtime's threads still spin on both cores, and faiss's two
+    OpenMP threads for one query then wait on them: with 16,800 rows a one-prompt decision took
+    17 ms, 8 ms with the search on one thread (big batches and index builds keep every thread;
+    the setting is per calling thread in OpenMP, so other threads are unaffected).
+    """
+    if len(queries) >= SMALL_SEARCH:
+        return index.search(queries, k)  # type: ignore[no-any-return]
+    faiss = _faiss()
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)  # type: ignore[no-any-return]
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 @dataclass
@@ -381,7 +402,7 @@ class ExemplarIndex:
         if not len(self):
             return (np.full((len(q), k), -np.inf, dtype=np.float32),
                     np.full((len(q), k), -1, dtype=np.int64))
-        sims, idx = self.index.search(q, k)
+        sims, idx = _knn(self.index, q, k)
         return sims, idx
 
     def search_outcomes(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +420,7 @@ class ExemplarIndex:
             source = self.vectors() if self.content is None else self.content
             sub.add(np.ascontiguousarray(source[self.outcome_rows]))
             self._outcome_index = sub
-        sims, sub_idx = self._outcome_index.search(q, min(k, len(self.outcome_rows)))
+        sims, sub_idx = _knn(self._outcome_index, q, min(k, len(self.outcome_rows)))
         return sims, np.where(sub_idx >= 0, self.outcome_rows[np.maximum(sub_idx, 0)], -1)
 
     def add(self, rows: Sequence[Exemplar | dict[str, Any]], embeddings: np.ndarray,

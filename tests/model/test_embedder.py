@@ -118,6 +118,29 @@ def test_faiss_scores_query_batches_with_blas() -> None:
     assert faiss.cvar.distance_compute_blas_threshold == BLAS_THRESHOLD == 20 * index.dim
 
 
+def test_small_searches_run_on_one_openmp_thread() -> None:
+    import faiss
+
+    from batchroute.analyzer.index import SMALL_SEARCH, _knn
+
+    seen: list[int] = []
+
+    class Recording:
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            seen.append(faiss.omp_get_max_threads())
+            return np.zeros((len(q), k), dtype=np.float32), np.zeros((len(q), k), dtype=np.int64)
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        _knn(Recording(), np.zeros((1, 4), dtype=np.float32), 3)
+        _knn(Recording(), np.zeros((SMALL_SEARCH - 1, 4), dtype=np.float32), 3)
+        _knn(Recording(), np.zeros((SMALL_SEARCH, 4), dtype=np.float32), 3)
+        assert seen == [1, 1, 2] and faiss.omp_get_max_threads() == 2  # restored after each
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_embedder_from_settings() -> None:
     from batchroute.errors import ConfigError
     from tests.conftest import apply_settings
