@@ -36,10 +36,10 @@ import numpy as np
 
 from batchroute.analyzer.embedder import FULL_LENGTH, Embedder, PrepConfig, prepare_text
 from batchroute.analyzer.features import FEATURE_NAMES, extract_features
-from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex
+from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex, strip_and_embed
 from batchroute.analyzer.labels import AxisModel
 from batchroute.analyzer.priors import MIN_BATCH, adapt_priors
-from batchroute.analyzer.templates import strip_template, template_lines
+from batchroute.analyzer.templates import template_lines
 from batchroute.errors import AnalyzerError
 from batchroute.settings import DEFAULT_OUTCOME_K, DEFAULT_OUTCOME_STRENGTH
 from batchroute.taxonomy import COMPLEXITIES, DOMAINS, STYLES
@@ -259,25 +259,8 @@ class Analyzer:
         if not self.strip_templates or not len(self.index.outcome_rows):
             return embeddings, [0] * len(prompts)
         lines = self.index.template_lines | (template_lines(prompts) if batch_templates else frozenset())
-        content, counts = self._strip_and_embed(prompts, embeddings, lines, [True] * len(prompts))
+        content, counts = strip_and_embed(prompts, embeddings, lines, [True] * len(prompts), self.embedder)
         return (embeddings if content is None else content), counts
-
-    def _strip_and_embed(self, prompts: Sequence[str], embeddings: np.ndarray, lines: frozenset[str],
-                         mask: Sequence[bool]) -> tuple[np.ndarray | None, list[int]]:
-        """Embeddings with the masked prompts that lose template ``lines`` re-embedded without them
-        (None: no prompt lost any), and how many lines each lost."""
-        counts = [0] * len(prompts)
-        if not lines:
-            return None, counts
-        texts = {i: strip_template(p, lines) for i, p in enumerate(prompts) if mask[i]}
-        changed = [i for i, t in texts.items() if t != prompts[i]]
-        if not changed:
-            return None, counts
-        out = np.array(embeddings, dtype=np.float32, copy=True)
-        out[changed] = self.embedder.encode([texts[i] for i in changed])
-        for i in changed:
-            counts[i] = sum(1 for ln in prompts[i].split("\n") if ln.strip() in lines)
-        return out, counts
 
     def _neighbour(self, row: int, sim: float) -> Neighbour:
         ex = self.index.meta[row]
@@ -323,7 +306,8 @@ class Analyzer:
         # of this batch share (a job's template, arriving as feedback) are learnt for later queries.
         has_outcomes = [bool(r.get("outcomes")) for r in rows]
         learnt = template_lines([t for t, h in zip(texts, has_outcomes, strict=True) if h])
-        content, _ = self._strip_and_embed(texts, embeddings, self.index.template_lines | learnt, has_outcomes)
+        content, _ = strip_and_embed(texts, embeddings, self.index.template_lines | learnt, has_outcomes,
+                                     self.embedder)
         with self._index_lock:
             self.index.add(rows, embeddings, content, learnt)
             if refit:

@@ -464,6 +464,24 @@ class ExemplarIndex:
         self._refresh()
 
 
+def strip_and_embed(prompts: Sequence[str], vectors: np.ndarray, lines: frozenset[str], mask: Sequence[bool],
+                    embedder: Embedder) -> tuple[np.ndarray | None, list[int]]:
+    """Content vectors: ``vectors`` with each masked prompt that loses template ``lines``
+    re-embedded without them (None: no prompt lost any), and how many lines each prompt lost."""
+    counts = [0] * len(prompts)
+    if not lines:
+        return None, counts
+    texts = {i: strip_template(p, lines) for i, p in enumerate(prompts) if mask[i]}
+    changed = [i for i, t in texts.items() if t != prompts[i]]
+    if not changed:
+        return None, counts
+    content = np.array(vectors, dtype=np.float32, copy=True)
+    content[changed] = embedder.encode([texts[i] for i in changed])
+    for i in changed:
+        counts[i] = sum(1 for ln in prompts[i].split("\n") if ln.strip() in lines)
+    return content, counts
+
+
 def content_vectors(meta: Sequence[Exemplar], prompts: Sequence[str], vectors: np.ndarray,
                     embedder: Embedder) -> tuple[np.ndarray | None, frozenset[str]]:
     """Content vectors of an index's rows and the template lines learnt: ``(content, lines)``.
@@ -477,13 +495,5 @@ def content_vectors(meta: Sequence[Exemplar], prompts: Sequence[str], vectors: n
         if ex.outcomes:
             by_source.setdefault(ex.source, []).append(prompt)
     lines = grouped_template_lines(by_source.values())
-    if not lines:
-        return None, lines
-    stripped = {i: strip_template(p, lines) for i, (ex, p) in enumerate(zip(meta, prompts, strict=True))
-                if ex.outcomes}
-    changed = [i for i, text in stripped.items() if text != prompts[i]]
-    if not changed:
-        return None, lines
-    content = np.array(vectors, dtype=np.float32, copy=True)
-    content[changed] = embedder.encode([stripped[i] for i in changed])
+    content, _ = strip_and_embed(prompts, vectors, lines, [bool(ex.outcomes) for ex in meta], embedder)
     return content, lines
