@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from batchroute.localcluster import LocalCluster, WorkerProcess
 from tests.conftest import DATA_DIR, apply_settings, truncate_pg, wait_for_job
@@ -523,10 +523,10 @@ def test_chunk_delivered_twice_runs_each_request_once(pg_url: str, stack: Stack)
         assert rt.run(rt.writer.write(claim([ids[1]], 60.0))) == []
 
         # Replaying an attempt's write (same attempt id) never bills twice.
-        from sqlmodel import Session
+        from sqlmodel import Session, col, select
 
         with Session(get_engine()) as s:
-            row = s.exec(select(Attempt).where(Attempt.request_id == ids[2])).scalars().one()  # type: ignore[call-overload]
+            row = s.exec(select(Attempt).where(col(Attempt.request_id) == ids[2])).one()
             data = row.model_dump()
         rollup_before = q("SELECT coalesce(sum(cost_usd), 0), coalesce(sum(attempts), 0) FROM cost_rollup_daily")
         assert rt.writer.submit(record_attempt(dict(data))).result(10) is False

@@ -335,7 +335,8 @@ def test_price_change_bills_each_job_at_its_own_price(ledger_db: str, tmp_path: 
         write_rows([row], bulk=False)
         return row["cost_usd"], row["input_price_per_mtok_usd"]
 
-    job_a, job_b = ("job_old", "acme", {}), ("job_new", "acme", {})
+    job_a: tuple[str, str, dict[str, str]] = ("job_old", "acme", {})
+    job_b: tuple[str, str, dict[str, str]] = ("job_new", "acme", {})
     add_job(job_a[0], requests=[(1, "verbose", None)])
     add_job(job_b[0], requests=[(1, "verbose", None)])
     cost_a, price_a = bill(job_a, 1)
@@ -458,6 +459,8 @@ def test_budget_reserve_settle_pause_resume(ledger_db: str) -> None:
 
 
 def test_admit_chunk_holds_over_budget_requests_and_pauses(ledger_db: str) -> None:
+    from sqlmodel import col, select  # SQLModel's select: Session.exec yields the rows' model objects
+
     from batchroute.budgets import admit_chunk
     from batchroute.pricing import estimate_cost_usd
     from batchroute.registry import get_registry
@@ -468,8 +471,8 @@ def test_admit_chunk_holds_over_budget_requests_and_pauses(ledger_db: str) -> No
     add_job("job_p", budget=2.5 * one, requests=[(i, "concise", None) for i in range(1, 6)])
     add_job("job_q", requests=[(1, "concise", None)])
     with Session(engine()) as s:
-        jobs = {j.id: j for j in s.exec(select(Job)).scalars()}  # type: ignore[call-overload]
-        reqs = list(s.exec(select(Request).order_by(Request.job_id, Request.line)).scalars())  # type: ignore[call-overload]
+        jobs = {j.id: j for j in s.exec(select(Job))}
+        reqs = list(s.exec(select(Request).order_by(col(Request.job_id), col(Request.line))))
     routed = [(r, model.name, "concise") for r in reqs]
     with engine().begin() as conn:
         held = admit_chunk(conn, jobs, routed)

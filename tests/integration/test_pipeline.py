@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from batchroute.localcluster import LocalCluster
 from tests.conftest import DATA_DIR, apply_settings, truncate_pg, wait_for_job
@@ -62,17 +62,17 @@ def assert_job_complete(job_id: str, n: int, invalid: int) -> dict:
     assert st["requests"] == n and st["by_state"]["succeeded"] == n and st["done"] == n
     assert st["invalid_lines"] == invalid
     with Session(get_engine()) as s:
-        n_results = s.exec(select(func.count()).select_from(Result).where(Result.job_id == job_id)).one()[0]
-        n_distinct = s.exec(select(func.count(func.distinct(Result.request_id)))
-                            .where(Result.job_id == job_id)).one()[0]
-        attempts_cost = s.exec(select(func.sum(Attempt.cost_usd)).where(Attempt.job_id == job_id)).one()[0]
-        results_cost = s.exec(select(func.sum(Result.cost_usd)).where(Result.job_id == job_id)).one()[0]
+        n_results = s.exec(select(func.count()).select_from(Result).where(col(Result.job_id) == job_id)).one()
+        n_distinct = s.exec(select(func.count(func.distinct(col(Result.request_id))))
+                            .where(col(Result.job_id) == job_id)).one()
+        attempts_cost = s.exec(select(func.sum(col(Attempt.cost_usd))).where(col(Attempt.job_id) == job_id)).one()
+        results_cost = s.exec(select(func.sum(col(Result.cost_usd))).where(col(Result.job_id) == job_id)).one()
         ok_attempts = s.exec(select(func.count()).select_from(Attempt).where(
-            Attempt.job_id == job_id, Attempt.status == "ok")).one()[0]
-        db_states = dict(s.exec(select(Request.state, func.count()).where(Request.job_id == job_id)
-                                .group_by(Request.state)).all())
+            col(Attempt.job_id) == job_id, col(Attempt.status) == "ok")).one()
+        db_states = dict(s.exec(select(col(Request.state), func.count()).where(col(Request.job_id) == job_id)
+                                .group_by(col(Request.state))).all())
         line_errors = s.exec(select(func.count()).select_from(JobLineError)
-                             .where(JobLineError.job_id == job_id)).one()[0]
+                             .where(col(JobLineError.job_id) == job_id)).one()
     assert n_results == n_distinct == n
     assert ok_attempts == n  # exactly one successful call per request
     assert attempts_cost > 0
@@ -161,8 +161,9 @@ def assert_profile_matches_ledger(job_id: str, timeout_s: float = 15.0) -> None:
 
     assert backend_name(get_settings()) == "redis"
     with Session(get_engine()) as s:
-        rows = s.exec(select(Attempt.model, Attempt.status, func.count()).where(Attempt.job_id == job_id)
-                      .group_by(Attempt.model, Attempt.status)).all()
+        rows = s.exec(select(col(Attempt.model), col(Attempt.status), func.count())
+                      .where(col(Attempt.job_id) == job_id)
+                      .group_by(col(Attempt.model), col(Attempt.status))).all()
     ledger = {(m, st): n for m, st, n in rows}
     assert set(ledger) and all(st == "ok" for _, st in ledger)  # no faults injected
     models = [m.name for m in get_registry().models]

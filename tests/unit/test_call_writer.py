@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import pytest
 from sqlalchemy import text
@@ -37,7 +37,12 @@ def _seed(n: int) -> tuple[str, list[str]]:
     return job_id, ids
 
 
+@overload
+def _rows(job_id: str, rid: str, ok: Literal[True], cost: float = ...) -> tuple[dict[str, Any], dict[str, Any]]: ...
+@overload
+def _rows(job_id: str, rid: str, ok: bool, cost: float = ...) -> tuple[dict[str, Any], dict[str, Any] | None]: ...
 def _rows(job_id: str, rid: str, ok: bool, cost: float = 0.001) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An attempt row and, for a successful call (ok=True), its result row."""
     aid = uuid.uuid4().hex
     attempt = {"id": aid, "request_id": rid, "job_id": job_id, "model": "sim-llama-3-8b", "provider": "together-sim",
                "attempt_no": 1, "status": "ok" if ok else "error", "prompt_tokens": 5 if ok else 0,

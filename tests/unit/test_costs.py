@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_parse_tag() -> None:
             parse_tag(bad)
 
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {"model": "m1", "tag:team": None, "attempts": 3, "requests": 2, "failed_attempts": 1, "estimated_attempts": 0,
      "prompt_tokens": 30, "completion_tokens": 20, "cached_tokens": 0, "cost_usd": 0.5, "baseline_cost_usd": 1.0,
      "savings_usd": 0.5, "savings_pct": 50.0},

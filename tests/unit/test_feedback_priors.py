@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from batchroute.feedback import FeedbackPriors, feedback_prior, quality_terms
 from batchroute.registry import load_registry
 from batchroute.routing import Candidate, RouteInput, RoutePolicy, decide, weights_for
+
+if TYPE_CHECKING:
+    from batchroute.analyzer import Analysis
 
 REG = load_registry()
 
@@ -28,6 +32,10 @@ class FakeAnalysis:
         if stats is None:
             return prior
         return (stats[0] + strength * prior) / (stats[1] + strength)
+
+    def as_analysis(self) -> Analysis:
+        """This fake as the Analysis that quality_terms takes: it has every attribute quality_terms reads."""
+        return cast("Analysis", self)
 
 
 def test_feedback_prior_math() -> None:
@@ -59,11 +67,11 @@ def test_neighbour_estimate_is_shrunk_toward_the_moved_prior() -> None:
     for _ in range(10):
         p.add("sim-llama-3-8b", "classification", "simple", 0.0)
     a = FakeAnalysis(outcome_stats={"sim-llama-3-8b": (0.8, 1.0, 1)})
-    predicted, terms = quality_terms(a, REG, p)  # type: ignore[arg-type]
+    predicted, terms = quality_terms(a.as_analysis(), REG, p)
     prior = terms["sim-llama-3-8b"].value
     assert prior == pytest.approx(0.5 * REG.model("sim-llama-3-8b").prior_quality("classification", "simple"))
     assert predicted["sim-llama-3-8b"] == pytest.approx((0.8 + 5 * prior) / 6)
-    plain, plain_terms = quality_terms(a, REG)  # type: ignore[arg-type]
+    plain, plain_terms = quality_terms(a.as_analysis(), REG)
     assert plain_terms["sim-llama-3-8b"].feedback_n == 0 and plain["sim-llama-3-8b"] > predicted["sim-llama-3-8b"]
 
 
@@ -73,7 +81,7 @@ def test_feedback_changes_the_decision_and_is_recorded() -> None:
     policy = RoutePolicy(cost_weight=lam, latency_weight=mu)
 
     def route(priors: FeedbackPriors | None) -> tuple[str | None, dict[str, Candidate]]:
-        predicted, terms = quality_terms(a, REG, priors)  # type: ignore[arg-type]
+        predicted, terms = quality_terms(a.as_analysis(), REG, priors)
         d = decide(RouteInput(domain=a.domain, complexity=a.complexity, style=a.style, confidence=a.confidence,
                               prompt_tokens=200, latency_class="batch", predicted_quality=predicted,
                               priors=terms), REG, policy)
@@ -97,8 +105,8 @@ def test_low_confidence_takes_the_complex_prior_and_can_change_the_choice() -> N
     # quality is its complex prior (weak models drop most), not the simple one.
     sure = FakeAnalysis(domain="math", complexity="simple", confidence=0.9)
     unsure = FakeAnalysis(domain="math", complexity="simple", confidence=0.3)
-    q_sure, _ = quality_terms(sure, REG)
-    q_unsure, terms = quality_terms(unsure, REG)
+    q_sure, _ = quality_terms(sure.as_analysis(), REG)
+    q_unsure, terms = quality_terms(unsure.as_analysis(), REG)
     for m in REG.models:
         assert q_sure[m.name] == pytest.approx(m.prior_quality("math", "simple"))
         assert q_unsure[m.name] == pytest.approx(m.prior_quality("math", "complex"))
@@ -111,6 +119,6 @@ def test_low_confidence_takes_the_complex_prior_and_can_change_the_choice() -> N
         return decide(inp, REG, RoutePolicy(cost_weight=lam, latency_weight=mu)).model
 
     complex_sure = FakeAnalysis(domain="math", complexity="complex", confidence=0.9)
-    as_complex = choose(complex_sure, quality_terms(complex_sure, REG)[0])
+    as_complex = choose(complex_sure, quality_terms(complex_sure.as_analysis(), REG)[0])
     assert choose(unsure, q_unsure) == as_complex
     assert choose(sure, q_sure) != as_complex  # the safe route changed the decision

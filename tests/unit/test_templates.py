@@ -142,8 +142,8 @@ def test_index_learns_templates_and_neighbours_see_the_question(tmp_path: Path) 
     assert single.template_lines_stripped == 10 and single.predicted_quality("small", 0.5) == pytest.approx(q_hard)
     # Prompts without template lines are embedded once, as before.
     emb.calls.clear()
-    [plain] = analyzer.analyze(["write a poem about the sea"])
-    assert plain.template_lines_stripped == 0 and len(emb.calls) == 1
+    [untemplated] = analyzer.analyze(["write a poem about the sea"])
+    assert untemplated.template_lines_stripped == 0 and len(emb.calls) == 1
 
 
 def test_batch_templates_strip_a_new_jobs_own_template(tmp_path: Path) -> None:
