@@ -194,6 +194,79 @@ _CONSTRAINT = re.compile(
 )
 
 
+# The same cues in other languages (Russian, Chinese, Japanese, Korean, Spanish, Portuguese,
+# French, German, Vietnamese): the embedding model is English-only, so on other languages these
+# cues carry much of the signal. Per cue: word stems (matched at a word start; none matches a
+# common English word, so English prompts keep the features they had: pinned by a test) and CJK
+# terms (matched anywhere: no spaces between words). Alternatives are plain "|"-separated, so the
+# ASCII ones can be picked out.
+_INTL_TERMS: dict[str, tuple[str, str]] = {
+    "math": (
+        r"реши|решен|вычисл|найди|найти|докаж|доказ|уравнен|интеграл|производн|вероятност|процент|"
+        r"площад|объ[её]м|скорост|формул|матриц|посчитай|рассчита|сколько|"
+        r"calcula\b|calcule\b|calcular|calculez|resuelve|resolver|resolva|résou|ecuacion|ecuación|"
+        r"equacao|equação|équation|demuestr|demostr|démontr|derivada|dérivée|probabilidad|"
+        r"probabilidade|probabilité|cuant[oa]s|cuánt[oa]s|quant[oa]s|combien|porcentaje|porcentagem|"
+        r"pourcentage|promedio|moyenne|berechne|löse|lösen|gleichung|beweis|ableitung|"
+        r"wahrscheinlichkeit|wie ?viele?|prozent|hãy tính|tính toán|tính giá trị|tính tổng|tính diện|tính thể|"
+        r"tính xác|tính lãi|tính số|giải bài|giải phương|giải hệ|giải bất|giải toán|phương trình|chứng minh|"
+        r"tích phân|đạo hàm|xác suất|bao nhiêu|diện tích|thể tích|lãi suất",
+        r"求解|求出|计算|證明|证明|方程|积分|積分|导数|概率|確率|面积|面積|体积|公式|数学|數學|矩阵|多少|計算|"
+        r"계산|증명|방정식|확률|적분"),
+    "code": (
+        r"код[ау]?\b|программ|функци|скрипт|ошибк|массив|алгоритм|codigo|código|programa\b|"
+        r"funcion|función|funcao|função|algoritmo|fonction|algorithme|programmier|programm\b|funktion|"
+        r"skript|algorithmus|lập trình|chương trình|thuật toán",
+        r"代码|程序|函数|脚本|算法|报错|数组|接口|编程|コード|プログラム|関数|スクリプト|実装|코드|프로그램|함수"),
+    "creative": (
+        r"стих|рассказ[аы]?\b|сказк|песн|сочинени|сценари|шутк|анекдот|поэм|слоган|poema|cuento|cancion|"
+        r"canción|cancao|canção|chiste|piada|guion|poème|conte\b|chanson|blague|scénario|"
+        r"gedicht|märchen|witz|drehbuch|bài thơ|thơ\b|truyện|câu chuyện|bài hát|kịch bản",
+        r"诗|故事|小说|歌词|剧本|笑话|作文|文案|扮演|口号|物語|小説|歌詞|이야기|소설"),
+    "summarize": (
+        r"кратко излож|резюм|перескаж|краткое содержание|основные мысли|тезис|resumen\b|resumir|"
+        r"resuma\b|resumo\b|résumez|résumer|sintetiza|synthèse|zusammenfass|fasse .{0,40}zusammen|tóm tắt",
+        r"总结|概括|摘要|归纳|要点|要約|まとめ|요약"),
+    "extract": (
+        r"извлеки|извлечь|выдели|выпиши|extrae|extraer|extraia|extrair|extrai[st]|extraire|extrayez|"
+        r"extrahier|trích xuất",
+        r"提取|抽取|找出|抽出|추출"),
+    "classify": (
+        r"классифицир|категори|тональност|позитивн|негативн|спам|clasific|classifique|"
+        r"classifica\b|classifie[rz]?\b|categoria|categoría|catégorie|sentimiento|sentimento|"
+        r"positivo o negativo|positivo ou negativo|positif ou négatif|klassifizier|kategori|"
+        r"positiv oder negativ|phân loại|tích cực hay tiêu cực",
+        r"分类|類別|类别|情感分析|情感倾向|正面还是负面|垃圾邮件|属于哪|分類|분류"),
+    "brainstorm": (
+        r"иде[июяй]|предложи|посоветуй|совет[ыо]?в?\b|вариант|ideias|sugier|sugerenc|sugest|sugira|recomiend|"
+        r"recomend|consejos|dicas|idées|suggère|conseils|recommande|ideen|vorschläge|tipps|empfehl|"
+        r"ý tưởng|gợi ý|đề xuất|lời khuyên",
+        r"建议|想法|点子|推荐|主意|アイデア|提案|おすすめ|아이디어|추천"),
+    "reasoning": (
+        r"загадк|логическ|головоломк|acertijo|adivinanza|logica\b|lógica\b|charada|énigme|devinette|"
+        r"logique|rätsel|logik|câu đố|suy luận",
+        r"谜题|逻辑|推理|谜语|脑筋急转弯|論理|なぞなぞ|수수께끼|논리"),
+}
+
+
+def _intl_cues(ascii_only: bool) -> re.Pattern[str]:
+    """One scan for every cue (a match's group names its cue); ``ascii_only`` keeps the word
+    stems that can match ASCII text, for the common all-ASCII prompt (~5x cheaper)."""
+    words, cjk = [], []
+    for cue, (stems, terms) in _INTL_TERMS.items():
+        alts = [a for a in stems.split("|") if a.isascii() or not ascii_only]
+        if any(a.count("(") != a.count(")") for a in alts):
+            raise ValueError(f"{cue}: a stem holds '|' inside a group; write its variants out")
+        words.append(f"(?P<{cue}>{'|'.join(alts)})")
+        if not ascii_only:
+            cjk.append(f"(?P<{cue}_cjk>{terms})")
+    # The shared leading \b rejects most positions with one test (as in _CODE_TOKENS).
+    return re.compile("|".join([rf"\b(?:{'|'.join(words)})", *cjk]))
+
+
+_INTL_CUES = _intl_cues(ascii_only=False)
+_INTL_CUES_ASCII = _intl_cues(ascii_only=True)
+
 # These are matched against lowercased text: Python's re is ~3x slower with IGNORECASE on these
 # alternations, and the cue scans were the larger part of the feature cost. (Their patterns hold
 # no upper-case literal, so dropping the flag on lowercased input matches exactly the same.)
@@ -208,8 +281,17 @@ def _squash(count: float, scale: float) -> float:
     return count / (count + scale) if count > 0 else 0.0
 
 
-def _hits(pattern: re.Pattern[str], text: str, scale: float = 1.0) -> float:
-    return _squash(float(len(pattern.findall(text))), scale)
+def _hits(pattern: re.Pattern[str], text: str, scale: float = 1.0, extra: int = 0) -> float:
+    return _squash(float(len(pattern.findall(text)) + extra), scale)
+
+
+def _intl_counts(text: str) -> dict[str, int]:
+    """Matches of each non-English cue (the keys of ``_INTL_TERMS``) in lowercased ``text``."""
+    counts: dict[str, int] = {}
+    for m in (_INTL_CUES_ASCII if text.isascii() else _INTL_CUES).finditer(text):
+        cue = (m.lastgroup or "").removesuffix("_cjk")
+        counts[cue] = counts.get(cue, 0) + 1
+    return counts
 
 
 def _text_block_share(text: str, words: int) -> tuple[float, float]:
@@ -259,6 +341,7 @@ def extract_features(prompt: str) -> dict[str, float]:
     digits = len(_DIGIT.findall(text))
     stripped = prompt.strip()
     n_numbers = len(_NUMBER.findall(ask_l))
+    intl = _intl_counts(ask_l)
     feats = {
         "log_words": min(math.log1p(words) / math.log1p(2000), 1.0),
         "log_chars": min(math.log1p(n_chars) / math.log1p(12000), 1.0),
@@ -279,14 +362,14 @@ def extract_features(prompt: str) -> dict[str, float]:
         "list_ask": 1.0 if _LIST_ASK.search(ask_l) else 0.0,
         "brevity_ask": 1.0 if _BREVITY_ASK.search(ask_l) else 0.0,
         "length_ask": 1.0 if _LENGTH_ASK.search(ask_l) else 0.0,
-        "summarize_cue": _hits(_SUMMARIZE, ask_l),
-        "extract_cue": _hits(_EXTRACT, ask_l),
-        "classify_cue": _hits(_CLASSIFY, ask_l),
-        "creative_cue": _hits(_CREATIVE, ask_l),
-        "math_cue": _hits(_MATH, ask_l),
-        "reasoning_cue": _hits(_REASONING, ask_l),
-        "code_cue": _hits(_CODE_WORDS, ask_l),
-        "brainstorm_cue": _hits(_BRAINSTORM, ask_l),
+        "summarize_cue": _hits(_SUMMARIZE, ask_l, extra=intl.get("summarize", 0)),
+        "extract_cue": _hits(_EXTRACT, ask_l, extra=intl.get("extract", 0)),
+        "classify_cue": _hits(_CLASSIFY, ask_l, extra=intl.get("classify", 0)),
+        "creative_cue": _hits(_CREATIVE, ask_l, extra=intl.get("creative", 0)),
+        "math_cue": _hits(_MATH, ask_l, extra=intl.get("math", 0)),
+        "reasoning_cue": _hits(_REASONING, ask_l, extra=intl.get("reasoning", 0)),
+        "code_cue": _hits(_CODE_WORDS, ask_l, extra=intl.get("code", 0)),
+        "brainstorm_cue": _hits(_BRAINSTORM, ask_l, extra=intl.get("brainstorm", 0)),
         "multi_constraint": _hits(_CONSTRAINT, ask_l, 2.0),
     }
     return feats

@@ -53,6 +53,50 @@ def test_math_signals() -> None:
     assert extract_features("Write a poem about autumn")["equation_density"] == 0.0
 
 
+@pytest.mark.parametrize(("prompt", "cue"), [
+    ("Вычислите интеграл от x^2 на отрезке [0, 1]", "math_cue"),
+    ("如何证明拉格朗日中值定理", "math_cue"),
+    ("Tính tổng các số chẵn từ 1 đến 100", "math_cue"),
+    ("¿Cuántos litros caben en un cubo de 30 cm de lado?", "math_cue"),
+    ("Напиши код на C#, который сортирует массив", "code_cue"),
+    ("用Java写一个函数，反转链表", "code_cue"),
+    ("Напиши стихотворение о весне", "creative_cue"),
+    ("Escribe un poema sobre la lluvia en Buenos Aires", "creative_cue"),
+    ("请总结下面这篇文章的要点", "summarize_cue"),
+    ("Fasse den folgenden Text in drei Sätzen zusammen", "summarize_cue"),
+    ("Extrae el nombre, la fecha y el importe de esta factura", "extract_cue"),
+    ("Определи тональность отзыва: позитивный или негативный?", "classify_cue"),
+    ("Ideias de presente para o Dia dos Pais?", "brainstorm_cue"),
+    ("请推荐几本适合初学者的书", "brainstorm_cue"),
+    ("Реши логическую загадку: кто из троих лжёт?", "reasoning_cue"),
+])
+def test_cues_in_other_languages(prompt: str, cue: str) -> None:
+    assert extract_features(prompt)[cue] > 0
+
+
+@pytest.mark.parametrize("prompt", [
+    "Make the download resumable and resume it after a crash",
+    "Calculate the logical result of this programming exercise in the programme",
+    "He lied about cracking the Enigma code; list ideas for a resume",
+    "Classify each ticket into a category and explain the sentiment",
+    "What is the context of this story? Lose the formula and write a poem with a twist",
+])
+def test_english_prompts_match_no_foreign_cue(prompt: str) -> None:
+    from batchroute.analyzer.features import _intl_counts
+
+    assert _intl_counts(prompt.lower()) == {}
+
+
+def test_ascii_cue_scan_equals_the_full_scan_on_ascii_text() -> None:
+    from batchroute.analyzer import features as F
+
+    texts = ["calcula el promedio", "wie viele tipps", "resumen del programa", "lösen", "x" * 50,
+             "la logica del programm", "berechne die gleichung und beweise sie", *_random_texts(300)]
+    for text in (t.lower() for t in texts if t.isascii()):
+        full = [(m.lastgroup or "").removesuffix("_cjk") for m in F._INTL_CUES.finditer(text)]
+        assert [m.lastgroup for m in F._INTL_CUES_ASCII.finditer(text)] == full
+
+
 def test_text_block_after_instruction() -> None:
     assert extract_features(EMAIL)["has_text_block"] == 1.0
     assert extract_features(EMAIL)["summarize_cue"] > 0
