@@ -14,6 +14,8 @@ Measures (nothing measured here is ever added to the index):
   per-batch label-prior adaptation sees what it would see in production);
 * the same with full-length fp32 embeddings (no preparation, no quantisation) for comparison;
 * a reliability table of the domain confidence (mean confidence vs accuracy per bin, ECE);
+* domain accuracy per source file and per script (ASCII, accented Latin, other scripts: the
+  embedding model is English-only);
 * throughput of ``Analyzer.analyze`` (cold embedding cache, model already loaded) on a mixed
   batch where a third of the prompts have 200+ words, against plain ``model.encode`` of the
   full prompts with the stock fp32 model in the same run;
@@ -161,7 +163,21 @@ def evaluate(analyses: Sequence[Analysis], rows: Sequence[dict[str, Any]]) -> di
     for a, r in zip(analyses, rows, strict=True):
         by_file.setdefault(r["_file"], []).append(a.domain == r["domain"])
     out["domain_accuracy_by_file"] = {f: round(sum(v) / len(v), 3) for f, v in sorted(by_file.items())}
+    by_script: dict[str, list[bool]] = {}
+    for a, r in zip(analyses, rows, strict=True):
+        by_script.setdefault(script(r["prompt"]), []).append(a.domain == r["domain"])
+    out["domain_accuracy_by_script"] = {s: {"n": len(v), "accuracy": round(sum(v) / len(v), 3)}
+                                        for s, v in sorted(by_script.items())}
     return out
+
+
+def script(prompt: str) -> str:
+    """``ascii``, ``latin`` (accented Latin letters) or ``other`` (over 30% of the letters beyond
+    the Latin scripts: Cyrillic, CJK, ...): the embedding model is English-only."""
+    if prompt.isascii():
+        return "ascii"
+    letters = [c for c in prompt if c.isalpha()]
+    return "other" if letters and sum(c > "\u024f" for c in letters) > 0.3 * len(letters) else "latin"
 
 
 def mixed_batch(shared: Sequence[dict[str, Any]], demo: Sequence[dict[str, Any]], n: int) -> list[str]:
