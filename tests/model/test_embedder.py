@@ -103,7 +103,7 @@ def test_config_key_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(keys) == 50 and calls == ["onnxruntime"]
     # Another preparation is another key (and the version is looked up again for it).
     emb.prep = PrepConfig(head_words=8, tail_words=4, max_seq_length=32)
-    assert emb.config_key != first and emb.config_key.endswith("h8-t4-s32-c6") and len(calls) == 2
+    assert emb.config_key != first and emb.config_key.endswith("h8-t4-s32-c6-j") and len(calls) == 2
 
 
 def test_faiss_scores_query_batches_with_blas() -> None:
