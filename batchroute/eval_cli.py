@@ -53,6 +53,10 @@ def print_labels(report: dict[str, Any]) -> None:
             for lab, row in zip(labels, matrix, strict=True):
                 cm.add_row(lab, *(str(v) if v else "." for v in row))
             out.print(cm)
+    scripts = report.get("domain_accuracy_by_script") or {}
+    if len(scripts) > 1:
+        out.print("  domain accuracy by script: " + "  ".join(
+            f"{k} {_fmt(v['accuracy'])} (n={v['n']})" for k, v in scripts.items()), highlight=False)
     for name, axes in (report.get("by_file") or {}).items():
         out.print(f"  {name}: " + "  ".join(f"{a} acc {_fmt(r['accuracy'])} F1 {_fmt(r['macro_f1'])} (n={r['n']})"
                                             for a, r in axes.items()), highlight=False)

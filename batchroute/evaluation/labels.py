@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 LABEL_AXES: dict[str, tuple[str, ...]] = {"domain": DOMAINS, "complexity": COMPLEXITIES, "style": STYLES}
 
 
+def script_of(prompt: str) -> str:
+    """``ascii``, ``latin`` (accented Latin letters, other non-ASCII characters) or ``other``
+    (over 30% of the letters beyond the Latin scripts: Cyrillic, CJK, Arabic, ...). The
+    embedding model is English-only, so accuracy per script shows where it is weak."""
+    if prompt.isascii():
+        return "ascii"
+    letters = [c for c in prompt if c.isalpha()]
+    return "other" if letters and sum(c > "\u024f" for c in letters) > 0.3 * len(letters) else "latin"
+
+
 def prompt_hash(prompt: str) -> str:
     """sha256 of the whitespace-normalised prompt (how the benchmark recognises the same prompt)."""
     return hashlib.sha256(" ".join(prompt.split()).encode("utf-8")).hexdigest()
@@ -130,7 +140,8 @@ def eval_labels(path: Path | str | Sequence[Path | str], analyzer: Analyzer | No
     ``macro_f1`` (over labels in truth ∪ predictions), ``macro_f1_true_labels``, ``per_class``
     precision / recall / F1 / support, ``confusion`` (``labels`` as TAXONOMY names in TAXONOMY
     order, ``matrix[true][predicted]``) and ``top_confusions``; plus ``rows``, ``files``,
-    ``in_exemplars`` and ``seconds``.
+    ``in_exemplars``, ``seconds`` and ``domain_accuracy_by_script`` (``n`` and ``accuracy`` per
+    :func:`script_of`).
     """
     paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
     rows = read_labeled(paths)
@@ -154,6 +165,12 @@ def eval_labels(path: Path | str | Sequence[Path | str], analyzer: Analyzer | No
         hashes = _exemplar_hashes(exemplar_paths)
         report["in_exemplars"] = sum(prompt_hash(r["prompt"]) in hashes for r in rows)
     report["axes"] = _score_axes(rows, analyses)
+    by_script: dict[str, list[bool]] = {}
+    for r, a in zip(rows, analyses, strict=True):
+        if r.get("domain"):
+            by_script.setdefault(script_of(r["prompt"]), []).append(a.domain == r["domain"])
+    report["domain_accuracy_by_script"] = {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)}
+                                           for k, v in sorted(by_script.items())}
     if per_file and len(paths) > 1:
         by_file: dict[str, Any] = {}
         for p in paths:
@@ -179,4 +196,4 @@ def _score_axes(rows: Sequence[dict[str, Any]], analyses: Sequence[Any]) -> dict
     return out
 
 
-__all__ = ["LABEL_AXES", "analyze_as_jobs", "eval_labels", "prompt_hash", "read_labeled"]
+__all__ = ["LABEL_AXES", "analyze_as_jobs", "eval_labels", "prompt_hash", "read_labeled", "script_of"]
