@@ -198,26 +198,40 @@ def prepare_text(text: str, prep: PrepConfig) -> str:
     return head + " ... " + tail
 
 
+def _unit_weight(m: re.Match[str]) -> float:
+    return CJK_WORDS_PER_CHAR if m.end() - m.start() == 1 and _CJK_CHAR.match(m.group()) else 1.0
+
+
 def _prepare_cjk(text: str, prep: PrepConfig) -> str:
-    """:func:`prepare_text` for whitespace-collapsed text holding Han or kana characters."""
-    units = [(m.start(), m.end(), CJK_WORDS_PER_CHAR if m.end() - m.start() == 1 and _CJK_CHAR.match(m.group())
-              else 1.0) for m in _CJK_UNIT.finditer(text)]
-    if sum(w for _, _, w in units) <= prep.head_words + prep.tail_words:
+    """:func:`prepare_text` for whitespace-collapsed text holding Han or kana characters.
+
+    Only the units that can be kept are scanned (the head and tail are capped at
+    ``CHARS_PER_WORD`` characters per word anyway), so a 100k-character document costs no more
+    than a short one.
+    """
+    total, budget = 0.0, prep.head_words + prep.tail_words
+    for m in _CJK_UNIT.finditer(text):
+        total += _unit_weight(m)
+        if total > budget:
+            break
+    else:
         return text
-    head_end, budget = 0, float(prep.head_words)
-    for _, end, w in units:
-        if budget < w:
+    head_end, left = 0, float(prep.head_words)
+    for m in _CJK_UNIT.finditer(text, 0, prep.head_words * CHARS_PER_WORD):
+        w = _unit_weight(m)
+        if left < w:
             break
-        budget, head_end = budget - w, end
-    head = text[:head_end][: prep.head_words * CHARS_PER_WORD]
+        left, head_end = left - w, m.end()
     if prep.tail_words <= 0:
-        return head
-    tail_start, budget = len(text), float(prep.tail_words)
-    for start, _, w in reversed(units):
-        if budget < w:
+        return text[:head_end]
+    tail = text[-prep.tail_words * CHARS_PER_WORD:]
+    tail_start, left = len(tail), float(prep.tail_words)
+    for m in reversed(list(_CJK_UNIT.finditer(tail))):
+        w = _unit_weight(m)
+        if left < w:
             break
-        budget, tail_start = budget - w, start
-    return head + " ... " + text[tail_start:][-prep.tail_words * CHARS_PER_WORD:]
+        left, tail_start = left - w, m.start()
+    return text[:head_end] + " ... " + tail[tail_start:]
 
 
 # The precision's name inside config_key ("int8pc" predates bf16; kept so old caches stay valid).

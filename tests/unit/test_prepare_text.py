@@ -46,3 +46,38 @@ def test_mixed_text_counts_latin_words_and_cjk_characters() -> None:
 def test_preparation_off_embeds_everything() -> None:
     text = "字" * 500
     assert prepare_text(text, PrepConfig(head_words=0, tail_words=0, max_seq_length=256)) == text
+
+
+def _reference_cut(text: str, prep: PrepConfig) -> str:
+    """The CJK cut written plainly over every unit of the text (the module scans only what it keeps)."""
+    from batchroute.analyzer.embedder import _CJK_CHAR, _CJK_UNIT, CHARS_PER_WORD
+
+    text = " ".join(text.split())
+    units = [(m.start(), m.end(), CJK_WORDS_PER_CHAR if len(m.group()) == 1 and _CJK_CHAR.match(m.group()) else 1.0)
+             for m in _CJK_UNIT.finditer(text)]
+    if sum(w for _, _, w in units) <= prep.head_words + prep.tail_words:
+        return text
+    head_end, left = 0, float(prep.head_words)
+    for _, end, w in units:
+        if left < w:
+            break
+        left, head_end = left - w, end
+    tail_start, left = len(text), float(prep.tail_words)
+    for start, _, w in reversed(units):
+        if left < w:
+            break
+        left, tail_start = left - w, start
+    return (text[:head_end][: prep.head_words * CHARS_PER_WORD] + " ... "
+            + text[tail_start:][-prep.tail_words * CHARS_PER_WORD:])
+
+
+def test_cjk_cut_equals_the_plain_version_on_random_texts() -> None:
+    import random
+
+    rng = random.Random(11)
+    pieces = ["字", "の", "カ", "한", "word", "longerword", "x" * 30, " ", "  ", "\n", "，", "。", "3.14", "请总结"]
+    for prep in (PREP, PrepConfig(), PrepConfig(head_words=5, tail_words=2, max_seq_length=16)):
+        for _ in range(400):
+            text = "字" + "".join(rng.choice(pieces) for _ in range(rng.choice([1, 5, 20, 80, 300])))
+            # The same words; the plain version may keep a space where the character cap cuts.
+            assert prepare_text(text, prep).split() == _reference_cut(text, prep).split(), text
