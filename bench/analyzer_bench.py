@@ -55,7 +55,7 @@ from batchroute.analyzer import (  # noqa: E402
     ExemplarIndex,
 )
 from batchroute.analyzer.backend import PRECISIONS, encode_plain  # noqa: E402
-from batchroute.evaluation.labels import analyze_as_jobs, iter_jsonl, script_of  # noqa: E402
+from batchroute.evaluation.labels import analyze_as_jobs, domain_accuracy_by_script, iter_jsonl  # noqa: E402
 from batchroute.taxonomy import DOMAINS  # noqa: E402
 
 DEMO_DIR = ROOT / "batchroute" / "data" / "demo"
@@ -163,13 +163,8 @@ def evaluate(analyses: Sequence[Analysis], rows: Sequence[dict[str, Any]]) -> di
     for a, r in zip(analyses, rows, strict=True):
         by_file.setdefault(r["_file"], []).append(a.domain == r["domain"])
     out["domain_accuracy_by_file"] = {f: round(sum(v) / len(v), 3) for f, v in sorted(by_file.items())}
-    by_script: dict[str, list[bool]] = {}
-    for a, r in zip(analyses, rows, strict=True):
-        by_script.setdefault(script_of(r["prompt"]), []).append(a.domain == r["domain"])
-    out["domain_accuracy_by_script"] = {s: {"n": len(v), "accuracy": round(sum(v) / len(v), 3)}
-                                        for s, v in sorted(by_script.items())}
+    out["domain_accuracy_by_script"] = domain_accuracy_by_script(rows, analyses)
     return out
-
 
 
 def mixed_batch(shared: Sequence[dict[str, Any]], demo: Sequence[dict[str, Any]], n: int) -> list[str]:

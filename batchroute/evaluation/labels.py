@@ -47,6 +47,15 @@ def script_of(prompt: str) -> str:
     return "other" if letters and sum(c > "\u024f" for c in letters) > 0.3 * len(letters) else "latin"
 
 
+def domain_accuracy_by_script(rows: Sequence[dict[str, Any]], analyses: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """``{script: {"n", "accuracy"}}`` (see :func:`script_of`) over the rows with a domain label."""
+    by_script: dict[str, list[bool]] = {}
+    for r, a in zip(rows, analyses, strict=True):
+        if r.get("domain"):
+            by_script.setdefault(script_of(r["prompt"]), []).append(a.domain == r["domain"])
+    return {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(by_script.items())}
+
+
 def prompt_hash(prompt: str) -> str:
     """sha256 of the whitespace-normalised prompt (how the benchmark recognises the same prompt)."""
     return hashlib.sha256(" ".join(prompt.split()).encode("utf-8")).hexdigest()
@@ -165,12 +174,7 @@ def eval_labels(path: Path | str | Sequence[Path | str], analyzer: Analyzer | No
         hashes = _exemplar_hashes(exemplar_paths)
         report["in_exemplars"] = sum(prompt_hash(r["prompt"]) in hashes for r in rows)
     report["axes"] = _score_axes(rows, analyses)
-    by_script: dict[str, list[bool]] = {}
-    for r, a in zip(rows, analyses, strict=True):
-        if r.get("domain"):
-            by_script.setdefault(script_of(r["prompt"]), []).append(a.domain == r["domain"])
-    report["domain_accuracy_by_script"] = {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)}
-                                           for k, v in sorted(by_script.items())}
+    report["domain_accuracy_by_script"] = domain_accuracy_by_script(rows, analyses)
     if per_file and len(paths) > 1:
         by_file: dict[str, Any] = {}
         for p in paths:
@@ -196,4 +200,5 @@ def _score_axes(rows: Sequence[dict[str, Any]], analyses: Sequence[Any]) -> dict
     return out
 
 
-__all__ = ["LABEL_AXES", "analyze_as_jobs", "eval_labels", "prompt_hash", "read_labeled", "script_of"]
+__all__ = ["LABEL_AXES", "analyze_as_jobs", "domain_accuracy_by_script", "eval_labels", "prompt_hash", "read_labeled",
+           "script_of"]
