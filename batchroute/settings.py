@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Broker visibility timeout; must exceed the longest task (see README "Timeouts").
     visibility_timeout_s: float = Field(default=3600.0, gt=0)
     embed_batch_size: int = Field(default=64, ge=1)
+    # Padded tokens per forward pass (0: no limit): long prompts go in smaller batches.
+    embed_batch_tokens: int = Field(default=1024, ge=0)
     # The analyzer's embedding precision: auto = the int8 ONNX graph (served without torch: ~0.5 s
     # and ~130 MB to the first vector); bf16 is ~1.3x faster on CPUs with AMX but loads torch
     # (~4 s, ~580 MB). Every worker sharing an index cache should use the same value.

@@ -55,6 +55,7 @@ from batchroute.analyzer import (  # noqa: E402
     ExemplarIndex,
 )
 from batchroute.analyzer.backend import PRECISIONS, encode_plain  # noqa: E402
+from batchroute.analyzer.embedder import BATCH_TOKENS  # noqa: E402
 from batchroute.evaluation.labels import analyze_as_jobs, domain_accuracy_by_script, iter_jsonl  # noqa: E402
 from batchroute.taxonomy import DOMAINS  # noqa: E402
 
@@ -200,7 +201,9 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="do not quantise the model")
     ap.add_argument("--precision", choices=PRECISIONS, default=None,
                     help="embedding precision (default: what quantize picks on this CPU)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32, help="row cap per forward pass")
+    ap.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS,
+                    help="padded-token cap per forward pass (0: none)")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs of each side (best counts)")
     ap.add_argument("--throughput-only", action="store_true", help="skip the accuracy runs")
     ap.add_argument("--k", type=int, default=15)
@@ -225,13 +228,14 @@ def main() -> None:
                               "config": {"prep": prep.key(), "quantize": not args.fp32,
                                          "precision": Embedder(quantize=not args.fp32,
                                                                precision=args.precision).precision,
+                                         "batch_size": args.batch_size, "batch_tokens": args.batch_tokens,
                                          "k": args.k, "temperature": args.temperature,
                                          "chunk": args.chunk, "prior_adaptation": not args.no_prior_adaptation}}
 
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "index"
         fast = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size,
-                        cache_dir=args.embed_cache)
+                        batch_tokens=args.batch_tokens, cache_dir=args.embed_cache)
         t0 = time.perf_counter()
         analyzer = Analyzer(ExemplarIndex.load_or_build(args.exemplars, fast, cache_dir), fast,
                             k=args.k, temperature=args.temperature,
@@ -247,7 +251,8 @@ def main() -> None:
         # Throughput first, on a cold embedding cache (a new Embedder has an empty LRU).
         batch = mixed_batch(read_jsonl(shared_files), demo, args.mixed)
         long_share = sum(len(p.split()) >= 200 for p in batch) / max(len(batch), 1)
-        cold = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size)
+        cold = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size,
+                        batch_tokens=args.batch_tokens)
         # Both models see a few unrelated texts first: the first forward passes are slow.
         warmup = ["a warm-up sentence", "another short text to warm the kernels up " * 20]
         cold.encode(warmup)

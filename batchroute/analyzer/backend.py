@@ -197,19 +197,25 @@ def forward_for(path: Path, precision: str, onnx_dir: Path) -> tuple[Forward, th
 
 
 def encode_direct(tokenize: Tokenize, forward: Forward, texts: Sequence[str], max_seq_length: int,
-                   batch_size: int) -> np.ndarray:
+                   batch_size: int, batch_tokens: int | None = None) -> np.ndarray:
     """Mean-pooled, L2-normalised vectors of ``texts`` from ``forward`` (a transformer pass).
 
     What ``SentenceTransformer.encode`` computes for this model (mean pooling, normalisation),
     minus its per-call overhead: one tokenizer call for all texts, batches of similar *token*
     lengths (so a batch pads to almost nothing), and pooling in fp32 whatever the model's dtype.
+    A batch holds at most ``batch_size`` texts and, with ``batch_tokens``, at most that many
+    (padded) tokens, but always at least one text.
     """
     ids = tokenize(texts, max_seq_length)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = len(ids[rows[0]])
+    start = 0
+    while start < len(order):
+        # Longest first, so the first row's length is the batch's padded width.
+        width = len(ids[order[start]])
+        n = min(batch_size, max(1, batch_tokens // max(width, 1))) if batch_tokens else batch_size
+        rows = order[start:start + n]
+        start += n
         # Padding positions are masked out of attention and pooling: their id does not matter.
         batch = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)

@@ -32,6 +32,31 @@ def test_direct_path_matches_sentence_transformers_encode() -> None:
     assert np.abs(direct - stock).max() < 1e-5
 
 
+def test_token_budget_batches_long_texts_smaller_with_the_same_vectors() -> None:
+    emb = Embedder(precision="fp32", cache_size=0)
+    model, _ = load_model(emb.model_path, "fp32")
+    tokenize = tokenizer_for(emb.model_path)
+    texts = [*TEXTS, *(f"short {i}" for i in range(9)), "a longer text about budgets " * 12]
+    widths = {len(ids) for ids in tokenize(texts, 64)}
+    assert max(widths) == 64 and min(widths) <= 4  # the budget has to bite on some batches only
+    shapes: list[tuple[int, int]] = []
+    plain = torch_forward(model)
+
+    def recording(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        shapes.append(ids.shape)
+        return plain(ids, mask)
+
+    unlimited = encode_direct(tokenize, plain, texts, 64, 8)
+    budgeted = encode_direct(tokenize, recording, texts, 64, 8, batch_tokens=100)
+    assert np.abs(budgeted - unlimited).max() < 1e-5
+    # Every text once; each batch within 8 rows and 100 padded tokens (a lone text may exceed it).
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    assert all(rows <= 8 and (rows * width <= 100 or rows == 1) for rows, width in shapes)
+    # Longest first: the 64- and 62-token texts go one per batch, the short ones 8 at a time.
+    assert shapes[:2] == [(1, 64), (1, 62)]
+    assert any(rows == 8 for rows, _ in shapes)
+
+
 @pytest.mark.parametrize("max_length", [8, 64, 256])
 def test_tokenizer_ids_equal_the_transformers_tokenizer(max_length: int) -> None:
     path = Embedder().model_path
@@ -148,10 +173,12 @@ def test_embedder_from_settings() -> None:
     try:
         apply_settings()
         auto = Embedder.from_settings()
-        assert auto.precision == "ort-int8" and auto.batch_size == 64
-        apply_settings(BATCHROUTE_EMBED_PRECISION="bf16", BATCHROUTE_EMBED_BATCH_SIZE="16")
+        assert auto.precision == "ort-int8" and (auto.batch_size, auto.batch_tokens) == (64, 1024)
+        apply_settings(BATCHROUTE_EMBED_PRECISION="bf16", BATCHROUTE_EMBED_BATCH_SIZE="16",
+                       BATCHROUTE_EMBED_BATCH_TOKENS="0")
         chosen = Embedder.from_settings(cache_size=7)
         assert (chosen.precision, chosen.batch_size, chosen.cache_size) == ("bf16", 16, 7)
+        assert chosen.batch_tokens is None  # 0 = no token limit
         # An explicit argument wins over the setting.
         assert Embedder.from_settings(precision="fp32").precision == "fp32"
         apply_settings(BATCHROUTE_EMBED_PRECISION="fp16")
