@@ -37,7 +37,7 @@ import numpy as np
 from batchroute.analyzer.embedder import FULL_LENGTH, Embedder, PrepConfig, prepare_text
 from batchroute.analyzer.features import FEATURE_NAMES, extract_features
 from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex, strip_and_embed
-from batchroute.analyzer.labels import AxisModel
+from batchroute.analyzer.labels import AxisModel, fit_key, load_fit, save_fit
 from batchroute.analyzer.priors import MIN_BATCH, adapt_priors
 from batchroute.analyzer.templates import template_lines
 from batchroute.errors import AnalyzerError
@@ -175,7 +175,9 @@ class Analyzer:
         self.feedback_lock = threading.Lock()
         # Searches and additions to the index (feedback) may come from different threads.
         self._index_lock = threading.RLock()
-        self.fit()
+        self.temperature = temperature
+        self.fit_cached = False  # whether the label models came from the index's cache directory
+        self._fit_or_load()
 
     @classmethod
     def from_paths(cls, paths: Sequence[Path | str] | None = None, *,
@@ -193,6 +195,7 @@ class Analyzer:
     def fit(self) -> dict[str, dict[str, float]]:
         """(Re)train the stacked classifiers from the index; call after adding labeled rows."""
         t0 = time.perf_counter()
+        self.fit_cached = False
         vecs = self.index.vectors()
         sims, idx = self.index.search(vecs, min(self.k + 8, len(self.index)))
         self.fit_report = {axis: model.fit(sims, idx, self.index.labels[axis], vecs,
@@ -201,6 +204,27 @@ class Analyzer:
         log.info("analyzer fitted on %d exemplars in %.2fs", len(self.index),
                  time.perf_counter() - t0)
         return self.fit_report
+
+    def _fit_or_load(self) -> None:
+        """Fit, or load the fit cached beside a cached index (fitting takes ~1-2 s for the
+        bundled exemplars, loading a few ms); a fresh fit is cached there for the next process."""
+        directory = self.index.directory
+        if directory is None or not self.index.key:
+            self.fit()
+            return
+        path = directory / f"fit-{fit_key(self.index.key, self.k, self.temperature)}.npz"
+        if path.is_file():
+            try:
+                self.fit_report = load_fit(path, self.axes, len(FEATURE_NAMES))
+                self.fit_cached = True
+                return
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("cached analyzer fit %s unusable (%s); fitting again", path, exc)
+        self.fit()
+        try:
+            save_fit(path, self.axes, self.fit_report)
+        except OSError as exc:
+            log.warning("cannot cache the analyzer fit in %s: %s", directory, exc)
 
     def analyze(self, prompts: Sequence[str]) -> list[Analysis]:
         """Label every prompt; one :class:`Analysis` per prompt, in order."""

@@ -25,7 +25,8 @@ The built index is cached in ``cache_dir/<key>/`` where the key hashes the conte
 input file, the embedder's :attr:`~batchroute.analyzer.embedder.Embedder.config_key`, the
 source of ``features.py`` and ``templates.py`` (features and content vectors are stored with
 it) and the schema version; loading a cached index reads a FAISS file, a JSON file and two
-``.npy`` files.
+``.npy`` files. The :class:`~batchroute.analyzer.Analyzer` keeps its fitted label models in the
+same directory (``fit-<key>.npz``, see :func:`~batchroute.analyzer.labels.fit_key`).
 """
 
 from __future__ import annotations
@@ -261,6 +262,9 @@ class ExemplarIndex:
         self.config = config or {}
         self.problems = problems or []
         self.key = ""
+        # The cache directory this index was loaded from or saved to (None: not cached, or
+        # changed since by add()); the analyzer keeps its fitted label models there.
+        self.directory: Path | None = None
         self._refresh()
 
     def __len__(self) -> int:
@@ -338,7 +342,7 @@ class ExemplarIndex:
             if (target / "meta.json").is_file():
                 try:
                     out = cls.load(target)
-                    out.key = key
+                    out.key, out.directory = key, target
                     return out
                 except (AnalyzerError, OSError, ValueError, KeyError) as exc:
                     log.warning("cached index %s unusable (%s); rebuilding", target, exc)
@@ -347,6 +351,7 @@ class ExemplarIndex:
         if cache_dir is not None:
             try:
                 out.save(Path(cache_dir) / key)
+                out.directory = Path(cache_dir) / key
             except OSError as exc:
                 log.warning("cannot cache the exemplar index in %s: %s", cache_dir, exc)
         return out
@@ -461,6 +466,7 @@ class ExemplarIndex:
         self.meta.extend(new)
         self.features = np.vstack([self.features, feats])
         self.template_lines |= template_lines
+        self.directory = None  # no longer what the cache directory holds
         self._refresh()
 
 

@@ -20,7 +20,12 @@ Everything is numpy; training takes a fraction of a second for thousands of exem
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -226,3 +231,57 @@ class AxisModel:
         return {"trained": float(len(y)), "oof_accuracy": float(np.mean(oof.argmax(1) == y)),
                 "vote_accuracy": float(np.mean(probs.argmax(1) == y)),
                 "temperature": final.temperature}
+
+
+def fit_key(index_key: str, k: int, temperature: float) -> str:
+    """Names a fit: the index's content key, the vote's ``k`` and temperature, and this module's
+    source (any change to the training recipe gives another key, so a stale fit is never loaded)."""
+    h = hashlib.sha256(f"{index_key}|{k}|{temperature!r}".encode())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def save_fit(path: Path, models: dict[str, AxisModel], report: dict[str, dict[str, float]]) -> None:
+    """Write the fitted arrays of every axis and the fit report to ``path`` (atomically replaced)."""
+    arrays: dict[str, np.ndarray] = {"report": np.array(json.dumps(report))}
+    for axis, m in models.items():
+        if m.sums is None or m.counts is None:
+            raise ValueError(f"axis {axis} is not fitted")
+        arrays[f"{axis}.sums"], arrays[f"{axis}.counts"] = m.sums, m.counts
+        if m.stacker is not None and m.stacker.weights is not None:
+            arrays[f"{axis}.weights"] = m.stacker.weights
+            arrays[f"{axis}.temperature"] = np.array(m.stacker.temperature)
+    fd, tmp = tempfile.mkstemp(prefix=".fit-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # the stub reads **kwds as allow_pickle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_fit(path: Path, models: dict[str, AxisModel], n_features: int) -> dict[str, dict[str, float]]:
+    """Restore what :func:`save_fit` wrote into ``models`` (same axes, class counts and
+    ``n_features`` cheap features); returns the fit report. Raises ValueError (or OSError,
+    KeyError) when the file does not fit them, leaving ``models`` unchanged."""
+    with np.load(path, allow_pickle=False) as data:
+        restored: dict[str, tuple[np.ndarray, np.ndarray, SoftmaxRegression | None]] = {}
+        for axis, m in models.items():
+            sums, counts = data[f"{axis}.sums"], data[f"{axis}.counts"]
+            if sums.shape[0] != m.n_classes or counts.shape != (m.n_classes,):
+                raise ValueError(f"{path}: axis {axis} has {sums.shape[0]} classes, expected {m.n_classes}")
+            stacker = None
+            if f"{axis}.weights" in data:
+                weights = data[f"{axis}.weights"]
+                # Rows of the design matrix (see stack_inputs) plus the bias.
+                if weights.shape != (3 * m.n_classes + 1 + n_features + 1, m.n_classes):
+                    raise ValueError(f"{path}: axis {axis} weights have shape {weights.shape}")
+                stacker = SoftmaxRegression(m.n_classes, weights=weights,
+                                            temperature=float(data[f"{axis}.temperature"]))
+            restored[axis] = (sums, counts, stacker)
+        report: dict[str, dict[str, float]] = json.loads(str(data["report"]))
+    # Only now, so a bad file leaves the models as they were.
+    for axis, (sums, counts, stacker) in restored.items():
+        models[axis].sums, models[axis].counts, models[axis].stacker = sums, counts, stacker
+    return report

@@ -146,6 +146,36 @@ def test_cached_index_reload_equals_built(analyzer: Analyzer, tmp_path: Path) ->
     assert ExemplarIndex.load_or_build([path], analyzer.embedder, tmp_path / "cache").key != built.key
 
 
+def test_fit_is_cached_beside_the_cached_index(analyzer: Analyzer, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    path = _small_exemplar_file(tmp_path)
+    cache = tmp_path / "cache"
+    first = Analyzer(ExemplarIndex.load_or_build([path], analyzer.embedder, cache), analyzer.embedder)
+    assert not first.fit_cached and first.fit_report["domain"]["trained"] > 0
+    [fit_file] = (cache / first.index.key).glob("fit-*.npz")
+    second = Analyzer(ExemplarIndex.load_or_build([path], analyzer.embedder, cache), analyzer.embedder)
+    assert second.fit_cached and second.fit_report == first.fit_report
+    prompts = [p for p, _ in CLEAR_CUT]
+    for a, b in zip(first.analyze(prompts), second.analyze(prompts), strict=True):
+        assert a.to_dict() == b.to_dict()
+    # Another vote temperature is another fit; so is an index changed by add().
+    other = Analyzer(ExemplarIndex.load_or_build([path], analyzer.embedder, cache), analyzer.embedder,
+                     temperature=0.1)
+    assert not other.fit_cached and len(list((cache / first.index.key).glob("fit-*.npz"))) == 2
+    changed = ExemplarIndex.load_or_build([path], analyzer.embedder, cache)
+    changed.add([{"id": "x", "prompt": "Sort a list in Python", "domain": "code"}],
+                analyzer.embedder.encode(["Sort a list in Python"]))
+    assert changed.directory is None and not Analyzer(changed, analyzer.embedder).fit_cached
+    # A damaged file is refitted (with a warning) and replaced, never trusted.
+    fit_file.write_bytes(b"not an npz")
+    with caplog.at_level("WARNING", logger="batchroute.analyzer"):
+        third = Analyzer(ExemplarIndex.load_or_build([path], analyzer.embedder, cache), analyzer.embedder)
+    assert not third.fit_cached and "unusable" in caplog.text
+    assert Analyzer(ExemplarIndex.load_or_build([path], analyzer.embedder, cache), analyzer.embedder).fit_cached
+    # No cache directory, no fit file.
+    assert not Analyzer(ExemplarIndex.build([path], analyzer.embedder), analyzer.embedder).fit_cached
+
+
 def test_predicted_quality_from_outcome_neighbours(analyzer: Analyzer, tmp_path: Path) -> None:
     index = ExemplarIndex.build([_small_exemplar_file(tmp_path)], analyzer.embedder)
     small = Analyzer(index, analyzer.embedder)
