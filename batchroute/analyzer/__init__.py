@@ -206,7 +206,7 @@ class Analyzer:
         return self.fit_report
 
     def _fit_or_load(self) -> None:
-        """Fit, or load the fit cached beside a cached index (fitting takes ~1-2 s for the
+        """Fit, or load the fit cached beside a cached index (fitting takes ~1.5-3 s for the
         bundled exemplars, loading a few ms); a fresh fit is cached there for the next process."""
         directory = self.index.directory
         if directory is None or not self.index.key:
