@@ -76,6 +76,14 @@ def _positive_int(value: Any, line: int, name: str) -> int | None:
     return value
 
 
+def _not_text(value: object) -> str:
+    """Why ``value`` is not a usable string field (missing, empty, or the JSON type it has)."""
+    if value is None or isinstance(value, str):
+        return "missing or empty"
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}
+    return f"must be a string, got {kind.get(type(value), type(value).__name__)}"
+
+
 def parse_line(text: str, line: int, known_models: Iterable[str] = (),
                ignore_model: bool = False) -> JobItem:
     """Parse one JSONL line into a JobItem; raises InputError naming the line and field."""
@@ -90,7 +98,7 @@ def parse_line(text: str, line: int, known_models: Iterable[str] = (),
     if "body" in obj or "custom_id" in obj:
         custom_id = obj.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
-            raise InputError("missing or empty", line=line, field="custom_id")
+            raise InputError(_not_text(custom_id), line=line, field="custom_id")
         if obj.get("method", "POST") != "POST":
             raise InputError(f"only POST is supported, got {obj.get('method')!r}", line=line, field="method")
         if obj.get("url", "/v1/chat/completions") not in BATCH_URLS:
@@ -115,7 +123,7 @@ def parse_line(text: str, line: int, known_models: Iterable[str] = (),
         custom_id = str(custom_id)
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("missing or empty", line=line, field="prompt")
+            raise InputError(_not_text(prompt), line=line, field="prompt")
         messages = [{"role": "user", "content": prompt}]
         model = obj.get("model")
         max_tokens = _positive_int(obj.get("max_tokens"), line, "max_tokens")

@@ -103,6 +103,24 @@ def _context_check(item: JobItem, max_context: int, pinned_context: dict[str, in
                          f"is {limit} tokens", line=item.line, field="prompt")
 
 
+def validated_lines(stream: IO[str], options: JobOptions, source: str | None) -> Iterator[JobItem | InputError]:
+    """The job file's lines as ``submit`` judges them: a JobItem, or an InputError for a line that
+    does not parse, repeats an id or fits no eligible model's context window."""
+    registry = get_registry()
+    allowed = [m for m in registry.models if not options.allowed_models or m.name in options.allowed_models]
+    max_context = max(m.context_window_tokens for m in allowed)
+    pinned_context = {m.name: m.context_window_tokens for m in registry.models}
+    for item in iter_job_lines(stream, (m.name for m in registry.models), options.ignore_model, source):
+        if isinstance(item, JobItem):
+            try:
+                _context_check(item, max_context, pinned_context)
+            except InputError as err:
+                err.source = source
+                yield err
+                continue
+        yield item
+
+
 def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, *,
                job_id: str | None = None, dispatcher: Dispatcher | None = None,
                on_progress: Callable[[SubmitReport], None] | None = None) -> SubmitReport:
@@ -117,9 +135,6 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
     dispatcher = dispatcher or get_dispatcher()
     engine = get_engine()
     job_id = job_id or new_job_id()
-    allowed = [m for m in registry.models if not options.allowed_models or m.name in options.allowed_models]
-    max_context = max(m.context_window_tokens for m in allowed)
-    pinned_context = {m.name: m.context_window_tokens for m in registry.models}
     name = str(source) if isinstance(source, (str, Path)) else options.name
     with engine.begin() as conn:
         insert_ignore(conn, JOBS, [{
@@ -151,13 +166,8 @@ def submit_job(source: Path | str | IO[str], options: JobOptions | None = None, 
     stream: IO[str] = (open(source, encoding="utf-8", errors=OPEN_ERRORS)  # noqa: SIM115 - closed below
                        if isinstance(source, (str, Path)) else source)
     try:
-        for item in iter_job_lines(stream, (m.name for m in registry.models), options.ignore_model, name):
+        for item in validated_lines(stream, options, name):
             report.lines += 1
-            if isinstance(item, JobItem):
-                try:
-                    _context_check(item, max_context, pinned_context)
-                except InputError as err:
-                    item = err
             if isinstance(item, InputError):
                 report.invalid += 1
                 if len(report.errors) < ERROR_SAMPLE:
@@ -204,15 +214,23 @@ def plan_job(job_id: str, items: list[JobItem], requests: int, options: JobOptio
 def plan_file(source: Path | str, options: JobOptions) -> Plan:
     """Plan a job file without storing or spending anything (``batchroute plan``)."""
     options.validate()
-    registry = get_registry()
     sample = Reservoir(get_settings().plan_sample_size)
+    invalid = 0
+    errors: list[str] = []
     with open(source, encoding="utf-8", errors=OPEN_ERRORS) as stream:
-        for item in iter_job_lines(stream, (m.name for m in registry.models), options.ignore_model, str(source)):
+        for item in validated_lines(stream, options, str(source)):
             if isinstance(item, JobItem):
                 sample.add(item)
+                continue
+            invalid += 1
+            if len(errors) < ERROR_SAMPLE:
+                errors.append(str(item))
     if not sample.seen:
-        raise InputError("no valid lines to plan", field="file")
-    return _plan(sample.items, sample.seen, options)
+        detail = f": {invalid} invalid, the first: {errors[0]}" if errors else " (the file is empty)"
+        raise InputError(f"no valid lines to plan{detail}", field="file", source=str(source))
+    plan = _plan(sample.items, sample.seen, options)
+    plan.invalid_lines, plan.line_errors = invalid, errors
+    return plan
 
 
 def _plan(items: list[JobItem], requests: int, options: JobOptions) -> Plan:

@@ -73,6 +73,8 @@ class Plan:
     goal: dict[str, Any] = field(default_factory=dict)
     met: bool = True
     note: str = ""
+    invalid_lines: int = 0  # lines ``submit`` would reject (``batchroute plan FILE``; 0 when planned at submit)
+    line_errors: list[str] = field(default_factory=list)  # the first few of them, with file and line
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored on the job as its plan)."""

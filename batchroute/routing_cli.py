@@ -48,7 +48,12 @@ def plan(
     if as_json:
         out.print_json(data=result.to_dict())
         return
-    t = Table(title=f"plan for {file.name}: {result.requests} requests ({result.sampled} sampled), "
+    for line in result.line_errors:
+        err.print(f"[yellow]would be skipped[/] {line}", highlight=False)
+    if result.invalid_lines > len(result.line_errors):
+        err.print(f"... and {result.invalid_lines - len(result.line_errors)} more invalid lines")
+    invalid = f", {result.invalid_lines} invalid lines" if result.invalid_lines else ""
+    t = Table(title=f"plan for {file.name}: {result.requests} requests{invalid} ({result.sampled} sampled), "
                     f"all-to-{result.strongest_model} ${result.strongest_cost_usd:.4f}")
     for col in ("λ", "predicted $", "quality", "vs strongest", "models"):
         t.add_column(col, justify="left" if col == "models" else "right")

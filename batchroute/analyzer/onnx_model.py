@@ -102,9 +102,23 @@ def _export(model: Any, out: Path) -> None:
             torch.onnx.export(_Hidden(transformer).eval(), example, str(fp32),
                               input_names=["input_ids", "attention_mask"], output_names=["hidden"],
                               dynamic_axes=axes, opset_version=17, dynamo=False)
-        quantize_dynamic(str(fp32), str(quant), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True)
+        # onnxruntime advises "pre-processing" through the root logger on every call; the graph was
+        # measured as it is, so that advice is noise to the user who started a worker.
+        advice = _DropAdvice()
+        logging.getLogger().addFilter(advice)
+        try:
+            quantize_dynamic(str(fp32), str(quant), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=True)
+        finally:
+            logging.getLogger().removeFilter(advice)
         os.replace(quant, out)
+
+
+class _DropAdvice(logging.Filter):
+    """Drops onnxruntime's "consider pre-processing before quantization" log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 _BUILD_LOCK = threading.Lock()

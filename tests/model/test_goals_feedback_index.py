@@ -46,6 +46,33 @@ def test_plan_command_spends_nothing_and_meets_the_budget(embedded: Path) -> Non
     assert bad.exit_code == 2 and "min_quality" in " ".join(bad.output.split())
 
 
+def test_plan_reports_the_lines_submit_would_skip(embedded: Path) -> None:
+    src = _demo_job(embedded, 20)
+    huge = "word " * 2_000_000  # ~2.5M tokens: fits no model's context window
+    with src.open("a") as f:
+        f.write('{"id": "e", "prompt": ""}\nnot json\n{"id": "n", "prompt": 5}\n')
+        f.write(json.dumps({"id": "big", "prompt": huge}) + "\n")
+    res = runner.invoke(app, ["plan", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert plan["requests"] == 20 and plan["sampled"] == 20 and plan["invalid_lines"] == 4
+    assert plan["line_errors"][:3] == [
+        f"{src}, line 21, field 'prompt': missing or empty",
+        f"{src}, line 22: not valid JSON: Expecting value at column 1",
+        f"{src}, line 23, field 'prompt': must be a string, got a number"]
+    assert plan["line_errors"][3].startswith(f"{src}, line 24, field 'prompt': prompt needs about 2500")
+    assert plan["line_errors"][3].endswith("but the largest eligible context window is 200000 tokens")
+    text = runner.invoke(app, ["plan", str(src)])
+    assert text.exit_code == 0 and "20 requests, 4 invalid lines" in text.output
+    assert "would be skipped" in text.output and "line 22" in text.output
+
+    only_bad = embedded / "bad.jsonl"
+    only_bad.write_text("not json\n")
+    res = runner.invoke(app, ["plan", str(only_bad)])
+    assert res.exit_code == 2
+    assert "no valid lines to plan: 1 invalid, the first:" in " ".join(res.output.split())
+
+
 def test_submit_with_min_quality_plans_then_runs(embedded: Path) -> None:
     src = _demo_job(embedded, 80)
     res = runner.invoke(app, ["submit", str(src), "--min-quality", "0.95", "--json"])

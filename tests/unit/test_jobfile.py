@@ -30,6 +30,10 @@ def test_openai_batch_line_pins_known_model_and_joins_text():
 @pytest.mark.parametrize("obj,field,fragment", [
     ({"id": "x"}, "prompt", "missing"),
     ({"id": "x", "prompt": "  "}, "prompt", "missing or empty"),
+    ({"id": "x", "prompt": 5}, "prompt", "must be a string, got a number"),
+    ({"id": "x", "prompt": ["a"]}, "prompt", "must be a string, got an array"),
+    ({"custom_id": True, "body": {"messages": [{"role": "user", "content": "x"}]}}, "custom_id",
+     "must be a string, got a boolean"),
     ({"id": "x", "prompt": "hi", "latency": "urgent"}, "latency", "unknown latency class 'urgent'"),
     ({"id": "x", "prompt": "hi", "model": "gpt-9"}, "model", "unknown model 'gpt-9'"),
     ({"id": "x", "prompt": "hi", "max_tokens": -5}, "max_tokens", "positive integer"),
