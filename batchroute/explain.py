@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import select
 from sqlmodel import Session, col
 
@@ -54,15 +55,28 @@ def render_explanation(data: dict[str, Any], console: Console) -> None:
         if det.get("template_lines_stripped"):
             console.print(f"  predicted quality from outcome neighbours of the prompt without its "
                           f"{det['template_lines_stripped']} template lines", highlight=False)
-        t = Table("model", "quality", "prior", "cost $", "latency ms", "live", "score", "excluded")
+        t = Table(*_candidate_columns(), box=box.SIMPLE_HEAD)
         for c in det.get("candidates", []):
             t.add_row(c["model"], f"{c['quality']:.3f}", _prior_cell(c), f"{c['cost_usd']:.6f}",
                       f"{c['latency_ms']:.0f}", _live_cell(c),
-                      "-" if c["score"] is None else f"{c['score']:.4f}", c["excluded"] or "")
+                      "excluded" if c["excluded"] else "-" if c["score"] is None else f"{c['score']:.4f}")
         console.print(t)
+        # Below the table, one line each: a reason squeezed into a column is what narrow terminals cut.
+        for c in det.get("candidates", []):
+            if c["excluded"]:
+                console.print(f"  {c['model']} excluded: {c['excluded']}", highlight=False)
     for a in data["attempts"]:
         console.print(f"attempt {a['attempt_no']} {a['model']}: {a['status']} {a['http_status'] or ''} "
                       f"{a['error_kind'] or ''} {a['latency_ms']} ms ${a['cost_usd']:.6f}", highlight=False)
+
+
+def _candidate_columns() -> list[Column]:
+    # Numbers never wrap and the model name is never cut ("sim-gpt…" would hide which of two GPTs);
+    # on a narrow terminal the free-text columns (prior, live, excluded) wrap instead. Fresh
+    # columns per table: a rich Column holds its table's cells.
+    return [Column("model", no_wrap=True), Column("quality", no_wrap=True), Column("prior", min_width=5),
+            Column("cost $", no_wrap=True), Column("latency ms", no_wrap=True), Column("live", min_width=5),
+            Column("score", no_wrap=True)]
 
 
 def _prior_cell(c: dict[str, Any]) -> str:

@@ -150,7 +150,7 @@ def model_quality(model: ModelSpec, inp: RouteInput, complexity: str) -> float:
 
 def _exclusion(model: ModelSpec, inp: RouteInput, policy: RoutePolicy) -> str | None:
     if policy.pinned is not None and model.name != policy.pinned:
-        return f"job pins {policy.pinned}"
+        return f"its job line pins {policy.pinned}"
     if policy.allowed is not None and model.name not in policy.allowed:
         return "not in the job's allow-list"
     needed = inp.prompt_tokens + (inp.max_tokens or 0)

@@ -59,6 +59,16 @@ def test_submit_status_results_explain(embedded: Path) -> None:
     assert len(d0["candidates"]) == 5 and len(d0["neighbours"]) >= 1
     assert exp["attempts"][0]["status"] == "ok"
 
+    # Readable on an 80-column terminal: whole model names, and each exclusion's reason in full.
+    text = runner.invoke(app, ["explain", rows[2]["request_id"]], env={"COLUMNS": "80"})
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for model in ("sim-gpt-4", "sim-claude-sonnet", "sim-gpt-3.5-turbo", "sim-mixtral-8x7b", "sim-llama-3-8b"):
+        assert any(line.split()[:1] == [model] for line in lines), model
+    excluded = [line.strip() for line in lines if " excluded: " in line]
+    assert len(excluded) == 4 and all(line.endswith("its job line pins sim-gpt-4") for line in excluded)
+
 
 def test_analyze_command(embedded: Path) -> None:
     res = runner.invoke(app, ["analyze", str(_job(embedded))])
