@@ -97,7 +97,8 @@ def print_routing(report: dict[str, Any]) -> None:
         s.add_column("value", justify="right")
         keys = ["aiq_router", "aiq_single_hull", "aiq_gain", "aiq_gain_ci95", "router_beats_single_hull",
                 "best_single_model", "best_single_quality", "router_max_quality", "cost_ratio_at_best_quality",
-                "best_quality_at_half_cost", "apgr", "cpt50", "cpt80"]
+                "best_quality_at_half_cost", "apgr", "cpt50", "cpt80", "strong_share_at_95pct",
+                "strong_share_at_95pct_random"]
         for k in keys:
             if k in res:
                 s.add_row(k, _fmt(res[k]))

@@ -50,7 +50,8 @@ ROUTING_TASKS: dict[str, tuple[str, str]] = {
 }
 HEADLINE = ("n_test", "aiq_router", "aiq_single_hull", "aiq_gain", "aiq_gain_ci95", "router_beats_single_hull",
             "best_single_model", "best_single_quality", "router_max_quality", "cost_ratio_at_best_quality",
-            "best_quality_at_half_cost", "apgr", "cpt50", "cpt80")
+            "best_quality_at_half_cost", "apgr", "cpt50", "cpt80", "strong_share_at_95pct",
+            "strong_share_at_95pct_random")
 # The router against shuffles of its own predictions: a gain shows skill only where p is small.
 CHANCE = ("aiq_gain_mean", "aiq_gain_p95", "aiq_gain_p_value", "cost_ratio_at_best_quality_median",
           "cost_ratio_p_value", "apgr_mean", "apgr_p95", "apgr_p_value", "router_beats_chance")

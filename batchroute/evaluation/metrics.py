@@ -268,6 +268,20 @@ def cpt(share: Floats, quality: Floats, q_weak: float, q_strong: float,
     return None
 
 
+def share_at_strong_fraction(share: Floats, quality: Floats, q_weak: float, q_strong: float,
+                             fraction: float = 0.95) -> float | None:
+    """The least strong-call share at which quality reaches ``fraction`` of the strong model's.
+
+    RouteLLM's headline form ("95% of GPT-4's performance"): 0 when the weak model alone gets
+    there, else :func:`cpt` at the PGR that quality corresponds to; None when never reached.
+    """
+    target = fraction * q_strong
+    if q_weak >= target:
+        return 0.0
+    g = pgr(target, q_weak, q_strong)
+    return None if g is None else cpt(share, quality, q_weak, q_strong, float(g))
+
+
 def roc_auc(score: Floats, label: Floats) -> float | None:
     """Area under the ROC curve of ``score`` for binary ``label`` (1 = positive), ties counted half.
 

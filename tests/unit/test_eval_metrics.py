@@ -21,6 +21,7 @@ from batchroute.evaluation.metrics import (
     nondecreasing_convex_hull,
     pgr,
     roc_auc,
+    share_at_strong_fraction,
     shrunk_quality,
     threshold_curve,
     top_confusions,
@@ -160,6 +161,18 @@ def test_random_router_apgr_is_half_and_cpt_is_target() -> None:
     assert apgr(share, q, 0.6, 0.8) == pytest.approx(0.5)
     assert cpt(share, q, 0.6, 0.8, 0.5) == pytest.approx(0.5)
     assert cpt(share, q, 0.6, 0.8, 0.8) == pytest.approx(0.8)
+
+
+def test_share_at_95pct_of_strong_quality() -> None:
+    share = np.linspace(0, 1, 11)
+    q = 0.6 + 0.2 * share                   # random router: straight line weak -> strong
+    # 95% of 0.8 is 0.76, i.e. PGR 0.8: a random router needs 80% of the calls on the strong model.
+    assert share_at_strong_fraction(share, q, 0.6, 0.8) == pytest.approx(0.8)
+    assert share_at_strong_fraction(share, q, 0.6, 0.8, fraction=0.85) == pytest.approx(0.4)
+    # A router recovering the whole gap with 30% of the calls.
+    assert share_at_strong_fraction([0.0, 0.3, 1.0], [0.6, 0.8, 0.8], 0.6, 0.8) == pytest.approx(0.24)
+    assert share_at_strong_fraction([0, 1], [0.78, 0.8], 0.78, 0.8) == 0.0   # the weak model is enough
+    assert share_at_strong_fraction([0.0, 1.0], [0.5, 0.7], 0.5, 0.7, fraction=1.01) is None
 
 
 def test_pgr_without_gap_is_none() -> None:
@@ -308,6 +321,9 @@ def test_eval_routing_two_models_call_share(tmp_path: Path) -> None:
     assert res["strong_model"] == "strong" and res["n_test"] == 10
     # The kNN separates hard from easy prompts: half the calls recover the whole gap.
     assert res["cpt80"] == pytest.approx(0.4) and res["apgr"] > 0.7
+    # 95% of the strong model's quality (1.0) is PGR 0.9 over the weak one's 0.5: random needs 90% of
+    # the calls on the strong model, the router (the whole gap at half the calls) 45%.
+    assert (res["strong_share_at_95pct"], res["strong_share_at_95pct_random"]) == (pytest.approx(0.45), 0.9)
     assert res["aiq_router"] > res["aiq_single_hull"]
     assert res["best_quality_at_half_cost"] is True
     lo, hi = res["aiq_gain_ci95"]
