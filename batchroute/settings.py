@@ -66,7 +66,11 @@ class Settings(BaseSettings):
     # The analyzer's embedding precision: auto = the int8 ONNX graph (served without torch: ~0.5 s
     # and ~130 MB to the first vector); bf16 is ~1.3x faster on CPUs with AMX but loads torch
     # (~4 s, ~580 MB). Every worker sharing an index cache should use the same value.
-    embed_precision: Literal["auto", "fp32", "bf16", "int8", "ort-int8"] = "auto"
+    embed_precision: Literal["auto", "fp32", "bf16", "int8", "ort-int8", "ort-fp32"] = "auto"
+    # Embed the exemplar index (built once, cached) from whole prompts in fp32 whatever the queries
+    # use: labels as good as the full model's at the fast path's speed; off only to build very
+    # large outcome indexes faster (~5x on long prompts).
+    embed_index_full: bool = True
     # Nearest exemplars with outcomes behind a prompt's predicted quality per model, and the weight
     # (in neighbours) of the model's prior against them; `batchroute eval routing` reports the
     # values that cross-validate best on your outcome files.

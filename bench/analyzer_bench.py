@@ -201,8 +201,10 @@ def realizations(args: argparse.Namespace, prep: Any, rows: Sequence[dict[str, A
     f1s, accs = [first["macro_f1"]], [first["accuracy"]]
     for rows_cap in args.realizations:
         emb = Embedder(prep=prep, precision=args.precision, batch_size=rows_cap,
-                       batch_tokens=args.batch_tokens)
-        an = Analyzer(ExemplarIndex.load_or_build(args.exemplars, emb, cache_root / str(rows_cap)), emb,
+                       batch_tokens=args.batch_tokens, index_full=not args.no_index_full)
+        # A whole-prompt fp32 index does not depend on how queries are batched: built once.
+        index_dir = cache_root if not args.no_index_full else cache_root / str(rows_cap)
+        an = Analyzer(ExemplarIndex.load_or_build(args.exemplars, emb, index_dir), emb,
                       k=args.k, temperature=args.temperature,
                       adapt_domain_prior=not args.no_prior_adaptation)
         dom = evaluate(analyze_as_jobs(an, rows, args.chunk), rows)["domain"]
@@ -242,6 +244,9 @@ def main() -> None:
                     help="prompts per analyze call in the accuracy runs (the pipeline's analyze chunk size)")
     ap.add_argument("--realizations", type=int, nargs="*", default=[16, 64], metavar="ROWS",
                     help="row caps of the extra quantisation-noise runs of the shared set (none: skip)")
+    ap.add_argument("--no-index-full", action="store_true",
+                    help="embed the exemplar index like the queries (cut, same precision) instead of "
+                         "whole prompts in fp32 (BATCHROUTE_EMBED_INDEX_FULL=0)")
     ap.add_argument("--no-prior-adaptation", action="store_true",
                     help="keep the balanced domain prior (no per-batch EM adaptation)")
     args = ap.parse_args()
@@ -262,12 +267,14 @@ def main() -> None:
                                                                precision=args.precision).precision,
                                          "batch_size": args.batch_size, "batch_tokens": args.batch_tokens,
                                          "k": args.k, "temperature": args.temperature,
-                                         "chunk": args.chunk, "prior_adaptation": not args.no_prior_adaptation}}
+                                         "chunk": args.chunk, "prior_adaptation": not args.no_prior_adaptation,
+                                         "index_full": not args.no_index_full}}
 
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "index"
         fast = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size,
-                        batch_tokens=args.batch_tokens, cache_dir=args.embed_cache)
+                        batch_tokens=args.batch_tokens, cache_dir=args.embed_cache,
+                        index_full=not args.no_index_full)
         t0 = time.perf_counter()
         analyzer = Analyzer(ExemplarIndex.load_or_build(args.exemplars, fast, cache_dir), fast,
                             k=args.k, temperature=args.temperature,
@@ -284,7 +291,7 @@ def main() -> None:
         batch = mixed_batch(read_jsonl(shared_files), demo, args.mixed)
         long_share = sum(len(p.split()) >= 200 for p in batch) / max(len(batch), 1)
         cold = Embedder(prep=prep, quantize=not args.fp32, precision=args.precision, batch_size=args.batch_size,
-                        batch_tokens=args.batch_tokens)
+                        batch_tokens=args.batch_tokens, index_full=not args.no_index_full)
         # Both models see a few unrelated texts first: the first forward passes are slow.
         warmup = ["a warm-up sentence", "another short text to warm the kernels up " * 20]
         cold.encode(warmup)
@@ -365,7 +372,8 @@ def main() -> None:
         shared_res = results.get("shared", {})
         if shared and args.realizations and not args.fp32:
             report["domain_macro_f1_realizations"] = realizations(
-                args, prep, shared, Path(tmp) / "realizations", shared_res["domain"],
+                args, prep, shared, Path(tmp) / "realizations" if args.no_index_full else cache_dir,
+                shared_res["domain"],
                 report.get("full_length", {}).get("shared", {}).get("domain", {}).get("macro_f1"))
 
     shared_res = results.get("shared", {})

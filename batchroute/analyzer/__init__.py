@@ -36,7 +36,14 @@ import numpy as np
 
 from batchroute.analyzer.embedder import FULL_LENGTH, Embedder, PrepConfig, prepare_text
 from batchroute.analyzer.features import FEATURE_NAMES, extract_features
-from batchroute.analyzer.index import AXES, BUNDLED_EXEMPLARS, Exemplar, ExemplarIndex, strip_and_embed
+from batchroute.analyzer.index import (
+    AXES,
+    BUNDLED_EXEMPLARS,
+    Exemplar,
+    ExemplarIndex,
+    index_embedder,
+    strip_and_embed,
+)
 from batchroute.analyzer.labels import AxisModel, fit_key, load_fit, save_fit
 from batchroute.analyzer.priors import MIN_BATCH, adapt_priors
 from batchroute.analyzer.templates import template_lines
@@ -197,9 +204,12 @@ class Analyzer:
         t0 = time.perf_counter()
         self.fit_cached = False
         vecs = self.index.vectors()
-        sims, idx = self.index.search(vecs, min(self.k + 8, len(self.index)))
+        # Each row searched as a query would be (cut, int8 by default) among the stored rows
+        # (whole prompts, fp32 by default): the stacker learns the similarities queries get.
+        queries = self.index.query_vectors()
+        sims, idx = self.index.search(queries, min(self.k + 8, len(self.index)))
         self.fit_report = {axis: model.fit(sims, idx, self.index.labels[axis], vecs,
-                                           self.index.features)
+                                           self.index.features, queries)
                            for axis, model in self.axes.items()}
         log.info("analyzer fitted on %d exemplars in %.2fs", len(self.index),
                  time.perf_counter() - t0)
@@ -325,15 +335,18 @@ class Analyzer:
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise AnalyzerError("add_exemplars: every row needs a non-empty 'prompt'")
         texts = [str(p) for p in prompts]
-        embeddings = self.embedder.encode(texts)
+        # Index rows, so embedded as the index was (whole prompts, full precision by default).
+        row_embedder = index_embedder(self.embedder)
+        embeddings = row_embedder.encode(texts)
         # Outcome rows get content vectors as the index's own rows do; the lines the outcome rows
         # of this batch share (a job's template, arriving as feedback) are learnt for later queries.
         has_outcomes = [bool(r.get("outcomes")) for r in rows]
         learnt = template_lines([t for t, h in zip(texts, has_outcomes, strict=True) if h])
         content, _ = strip_and_embed(texts, embeddings, self.index.template_lines | learnt, has_outcomes,
-                                     self.embedder)
+                                     row_embedder)
+        queries = None if row_embedder is self.embedder else self.embedder.encode(texts)
         with self._index_lock:
-            self.index.add(rows, embeddings, content, learnt)
+            self.index.add(rows, embeddings, content, learnt, queries)
             if refit:
                 self.fit()
 

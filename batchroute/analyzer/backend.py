@@ -46,7 +46,9 @@ def default_model_path() -> Path:
 
 # ``quantize=True`` picks the int8 ONNX Runtime graph (torch int8 if onnxruntime is missing);
 # bf16 only when asked for (see batchroute.analyzer.embedder).
-PRECISIONS = ("fp32", "bf16", "int8", "ort-int8")
+PRECISIONS = ("fp32", "bf16", "int8", "ort-int8", "ort-fp32")
+# The ONNX Runtime graphs (onnx_model): served without torch once built.
+ORT_PRECISIONS = ("ort-int8", "ort-fp32")
 
 
 _MODELS: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
@@ -108,10 +110,10 @@ def tokenizer_for(path: Path) -> Tokenize:
 def load_model(path: Path, precision: str) -> tuple[Any, threading.Lock]:
     """The process-wide SentenceTransformer for (path, precision) and the lock for its use.
 
-    ``"ort-int8"`` gets the fp32 model: the source of the ONNX export (built once; serving a built
-    graph never calls this).
+    ``"ort-int8"`` and ``"ort-fp32"`` get the fp32 model: the source of the ONNX export (built
+    once; serving a built graph never calls this).
     """
-    if precision == "ort-int8":
+    if precision in ORT_PRECISIONS:
         precision = "fp32"
     key = (str(path), precision)
     with _MODELS_LOCK:
@@ -176,17 +178,18 @@ def session_threads() -> int:
 def forward_for(path: Path, precision: str, onnx_dir: Path) -> tuple[Forward, threading.Lock]:
     """The process-wide direct forward function for (path, precision) and the lock for its use.
 
-    ``ort-int8`` loads the cached ONNX graph without torch; only building it (once per machine)
-    loads the SentenceTransformer.
+    ``ort-int8`` and ``ort-fp32`` load a cached ONNX graph without torch; only building it (once
+    per machine) loads the SentenceTransformer.
     """
     key = (str(path), precision)
     with _MODELS_LOCK:
         found = _FORWARDS.get(key)
     if found is not None:
         return found
-    if precision == "ort-int8":
+    if precision in ORT_PRECISIONS:
         forward = onnx_model.load(path, onnx_dir, session_threads(),
-                                  export_source=lambda: load_model(path, "fp32")[0])
+                                  export_source=lambda: load_model(path, "fp32")[0],
+                                  quantize=precision == "ort-int8")
         # One lock per session: a batch already uses every core.
         entry = (forward, threading.Lock())
     else:

@@ -33,8 +33,7 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
    torch emulates it. One default everywhere also means workers on different CPUs share index
    and embedding caches.
 
-   The exemplar index is always built with the same embedder (the index cache key includes
-   :attr:`Embedder.config_key`), so index and queries share the precision.
+   The exemplar index is *not* embedded like the queries (below).
 3. **A direct forward pass** (:func:`~batchroute.analyzer.backend.encode_direct`) instead of
    ``SentenceTransformer.encode`` for the reduced precisions: one tokenizer call for all texts
    (the ``tokenizers`` library on the model's ``tokenizer.json``, same ids as transformers'),
@@ -52,6 +51,20 @@ Speed (2 CPU cores; ``bench/analyzer_bench.py``). Embedding is the bottleneck of
 5. Outside this module, ``Analyzer.analyze`` computes the cheap features (regex rewrites made
    them ~1.6x cheaper, same values) in its own thread before embedding: a side thread was
    slower, as the regexes hold the GIL that torch needs between ops.
+
+**The index at full quality** (:meth:`Embedder.for_index`, default on): exemplar rows are
+embedded once (then cached with the index) from whole prompts by the fp32 ONNX graph, and also
+as queries are (cut, int8), so the label models train on the similarities queries actually
+get. With the index embedded like the queries, the int8 graph's per-batch noise sat on *both*
+sides and moved the vote of borderline prompts with whatever they were batched with (shared
+macro-F1 0.680-0.689 over batchings, ~0.03 below the full model); with a whole-prompt fp32
+index it is 0.706-0.717 (mean 0.709, full model 0.718) at the same query speed, complexity
+and style as before or better. A whole-prompt index *without* the query-style training rows
+labelled domains a little better (0.712-0.726) but complexity worse (0.800 vs 0.815): a
+stacker trained row-against-row reads a cut query's lower similarities as "unlike anything".
+The cost is the build: ~50-60 s instead of ~27 s for the bundled exemplars (2 cores), and
+~5x longer per long prompt for big outcome files (``BATCHROUTE_EMBED_INDEX_FULL=0`` to avoid).
+The ``ort-fp32`` graph equals the stock fp32 model (cosine 1.0000) at 2x its speed.
 
 Domain macro-F1 on the demo workload (300) and the shared labeled prompts (2,373), 2,458
 exemplars unless said, each file analysed as one job in chunks of 200 as the bench does; the budget is to
@@ -93,6 +106,11 @@ eight batchings of int8 graph   - / 0.670-0.711, mean 0.681 (accuracy 0.924-0.92
 40+16, ort-int8, 96 tok, 1,024 tokens
                                 0.977 / 0.689    191 (4.6x); accuracy 0.929   <- default
 six batchings of int8 graph     - / 0.680-0.689, mean 0.685 (accuracy 0.925-0.929)
+*AVX512-BF16 EPYC, whole-prompt fp32 index + query-style training rows (2026-12-07)*
+full prompt, fp32, 256 tok      0.987 / 0.718    32-34 (baseline, ``encode_plain``)
+40+16, ort-int8, 96 tok, 1,024 tokens
+                                0.977 / 0.706    241 (7.2-7.6x); accuracy 0.929   <- default
+four batchings of int8 graph    - / 0.706-0.717, mean 0.709 (accuracy 0.929-0.931)
 *an earlier AMX CPU*                             *embedder alone, best of 4*
 full prompt, fp32, 256 tok      0.980 / 0.687    41 (baseline)
 full prompt, bf16, 256 tok      0.980 / 0.694    127
@@ -263,7 +281,10 @@ def _prepare_cjk(text: str, prep: PrepConfig) -> str:
 
 
 # The precision's name inside config_key ("int8pc" predates bf16; kept so old caches stay valid).
-_PRECISION_TAG = {"fp32": "fp32", "bf16": "bf16", "int8": "int8pc", "ort-int8": onnx_model.RECIPE}
+_PRECISION_TAG = {"fp32": "fp32", "bf16": "bf16", "int8": "int8pc", "ort-int8": onnx_model.RECIPE,
+                  "ort-fp32": onnx_model.RECIPE_FP32}
+# Precisions whose vectors are the model's own (no quantisation, no bf16 rounding).
+FULL_PRECISIONS = ("fp32", "ort-fp32")
 
 
 class _DiskCache:
@@ -311,6 +332,9 @@ class Embedder:
             fit the CPU's caches (see the module docstring).
         cache_size: entries of the in-memory LRU (0 disables it).
         cache_dir: directory of the on-disk cache (``embeddings.sqlite``); None disables it.
+        index_full: embed the exemplar index these queries are searched against with
+            :meth:`for_index` (whole prompts, full precision) rather than with this embedder;
+            :meth:`from_settings` takes it from ``BATCHROUTE_EMBED_INDEX_FULL``.
 
     ``encode`` is thread-safe; forward passes are serialised because torch already uses every
     core for one batch.
@@ -319,13 +343,14 @@ class Embedder:
     def __init__(self, model_path: Path | None = None, *, prep: PrepConfig | None = None,
                  quantize: bool = True, batch_size: int = 32, cache_size: int = 100_000,
                  cache_dir: Path | None = None, precision: str | None = None,
-                 model_dir: Path | None = None, batch_tokens: int | None = BATCH_TOKENS) -> None:
+                 model_dir: Path | None = None, batch_tokens: int | None = BATCH_TOKENS,
+                 index_full: bool = True) -> None:
         if precision is not None and precision not in PRECISIONS:
             raise AnalyzerError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
         self._model_path = model_path
         self._bundled = model_path is None
         self.prep = prep or PrepConfig()
-        self.quantize = quantize if precision is None else precision != "fp32"
+        self.quantize = quantize if precision is None else precision not in FULL_PRECISIONS
         # None until first needed: choosing int8 asks whether onnxruntime imports.
         self._precision = precision if precision is not None else (None if quantize else "fp32")
         self.batch_size = batch_size
@@ -333,8 +358,11 @@ class Embedder:
         self.cache_size = cache_size
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._cache_dir = cache_dir
         self._disk = _DiskCache(cache_dir / "embeddings.sqlite") if cache_dir else None
         self._model_dir = model_dir
+        self.index_full = index_full
+        self._for_index: Embedder | None = None
         self.stats = {"hits": 0, "misses": 0}
         self._config_key: tuple[str, str] | None = None  # (what it was built from, the key)
 
@@ -370,7 +398,33 @@ class Embedder:
             kwargs.setdefault("precision", settings.embed_precision)
         kwargs.setdefault("batch_size", settings.embed_batch_size)
         kwargs.setdefault("batch_tokens", settings.embed_batch_tokens)
+        kwargs.setdefault("index_full", settings.embed_index_full)
         return cls(**kwargs)
+
+    def for_index(self) -> Embedder:
+        """The embedder of the exemplar index that this embedder's queries are searched against.
+
+        An index is embedded once and cached, so it gets the model's own vectors: whole prompts
+        (:data:`FULL_LENGTH`) at full precision (the fp32 ONNX graph, served without torch; stock
+        fp32 if onnxruntime is missing or this embedder is fp32). Queries keep this embedder's
+        cut int8 path; the index also keeps its rows embedded by this embedder, to train the label
+        models on what queries look like. Measured on the shared labeled prompts: macro-F1
+        0.706-0.717 over four query batchings against 0.718 for the full-length fp32 model, where
+        an index embedded like the queries gave 0.680-0.689 (see the module docstring). Returns
+        ``self`` when it already is such an embedder or when
+        ``index_full`` is off (``BATCHROUTE_EMBED_INDEX_FULL=0``: quicker builds of very large
+        outcome files, at the labels' expense).
+        """
+        if not self.index_full or (self.prep == FULL_LENGTH and self.precision in FULL_PRECISIONS):
+            return self
+        with self._lock:
+            if self._for_index is None:
+                full = "fp32" if self.precision == "fp32" or not onnx_model.available() else "ort-fp32"
+                self._for_index = Embedder(
+                    None if self._bundled else self._model_path, prep=FULL_LENGTH, precision=full,
+                    batch_size=self.batch_size, cache_size=self.cache_size, cache_dir=self._cache_dir,
+                    model_dir=self._model_dir, batch_tokens=self.batch_tokens, index_full=False)
+            return self._for_index
 
     @property
     def config_key(self) -> str:
@@ -380,7 +434,7 @@ class Embedder:
         key = f"{self.model_name}|{self.precision}|{self.prep.key()}"
         if self._config_key is None or self._config_key[0] != key:
             tag = _PRECISION_TAG[self.precision]
-            if self.precision == "ort-int8":
+            if self.precision.startswith("ort-"):
                 # Another onnxruntime may quantise or compute slightly differently: never mix its
                 # vectors with cached ones (the graph file's own key includes the version too).
                 import importlib.metadata

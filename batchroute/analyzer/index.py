@@ -243,21 +243,27 @@ class ExemplarIndex:
     index per row, -1 where the row carries none) and per-model outcome arrays are kept in
     step for vectorised voting. ``content`` holds the content vector of every row (None: the
     same as its FAISS vector for every row); ``template_lines`` the template lines learnt from
-    the outcome rows of each source file.
+    the outcome rows of each source file. ``queries`` holds each row embedded as a query would be
+    (None: as stored), when the index is embedded otherwise (see ``Embedder.for_index``): the
+    label models train on them, so they learn the similarities queries actually get.
     """
 
     def __init__(self, index: Any, meta: list[Exemplar], features: np.ndarray,
                  config: dict[str, Any] | None = None, problems: list[str] | None = None,
-                 content: np.ndarray | None = None, template_lines: frozenset[str] = frozenset()) -> None:
+                 content: np.ndarray | None = None, template_lines: frozenset[str] = frozenset(),
+                 queries: np.ndarray | None = None) -> None:
         if index.ntotal != len(meta) or len(features) != len(meta):
             raise AnalyzerError(f"index has {index.ntotal} vectors, {len(features)} feature rows "
                                 f"and {len(meta)} metadata rows")
         if content is not None and len(content) != len(meta):
             raise AnalyzerError(f"{len(content)} content vectors for {len(meta)} rows")
+        if queries is not None and len(queries) != len(meta):
+            raise AnalyzerError(f"{len(queries)} query vectors for {len(meta)} rows")
         self.index = index
         self.meta = meta
         self.features = np.asarray(features, dtype=np.float32).reshape(len(meta), len(FEATURE_NAMES))
         self.content = None if content is None else np.asarray(content, dtype=np.float32)
+        self.queries = None if queries is None else np.asarray(queries, dtype=np.float32)
         self.template_lines = frozenset(template_lines)
         self.config = config or {}
         self.problems = problems or []
@@ -298,7 +304,8 @@ class ExemplarIndex:
     def from_vectors(cls, meta: list[Exemplar], vectors: np.ndarray, features: np.ndarray,
                      config: dict[str, Any] | None = None, problems: list[str] | None = None,
                      content: np.ndarray | None = None,
-                     template_lines: frozenset[str] = frozenset()) -> ExemplarIndex:
+                     template_lines: frozenset[str] = frozenset(),
+                     queries: np.ndarray | None = None) -> ExemplarIndex:
         """An index over given unit vectors and feature rows (row ``i`` belongs to ``meta[i]``)."""
         faiss = _faiss()
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -307,36 +314,41 @@ class ExemplarIndex:
         index = faiss.IndexFlatIP(vecs.shape[1] or 384)
         if len(meta):
             index.add(vecs)
-        return cls(index, meta, features, config, problems, content, template_lines)
+        return cls(index, meta, features, config, problems, content, template_lines, queries)
 
     @classmethod
     def build(cls, paths: Sequence[Path | str], embedder: Embedder) -> ExemplarIndex:
-        """Read every exemplar file (directories: their ``*.jsonl``) and embed the prompts."""
+        """Read every exemplar file (directories: their ``*.jsonl``) and embed the prompts with
+        ``index_embedder(embedder)``, for queries embedded by ``embedder``."""
         return cls._build(read_files(expand_paths(paths)), embedder)
 
     @classmethod
     def _build(cls, files: Sequence[tuple[Path, bytes | None]], embedder: Embedder) -> ExemplarIndex:
+        rows_embedder = index_embedder(embedder)
         meta, prompts, problems = read_rows(files)
         t0 = time.perf_counter()
-        vectors = embedder.encode(prompts)
-        content, lines = content_vectors(meta, prompts, vectors, embedder)
+        vectors = rows_embedder.encode(prompts)
+        content, lines = content_vectors(meta, prompts, vectors, rows_embedder)
+        queries = None if rows_embedder is embedder else embedder.encode(prompts)
         log.info("embedded %d exemplars from %d files in %.1fs (%d template lines)", len(prompts),
                  len(files), time.perf_counter() - t0, len(lines))
-        out = cls.from_vectors(meta, vectors, feature_matrix(prompts), embedder.config(), problems,
-                               content, lines)
-        out.key = content_key(files, embedder.config_key)
+        out = cls.from_vectors(meta, vectors, feature_matrix(prompts), rows_embedder.config(), problems,
+                               content, lines, queries)
+        out.key = content_key(files, index_config_key(embedder))
         return out
 
     @classmethod
     def load_or_build(cls, paths: Sequence[Path | str], embedder: Embedder,
                       cache_dir: Path | None) -> ExemplarIndex:
-        """The cached index for exactly these inputs and embedder, built and saved if absent.
+        """The cached index for exactly these inputs, built and saved if absent, for queries
+        embedded by ``embedder`` (its rows are embedded by ``index_embedder(embedder)``).
 
-        Any change of an input file's bytes, of the file list or of the embedder configuration
-        gives another key, so a stale index is never loaded. ``cache_dir=None`` always builds.
+        Any change of an input file's bytes, of the file list or of the index embedder's
+        configuration gives another key, so a stale index is never loaded. ``cache_dir=None``
+        always builds.
         """
         files = read_files(expand_paths(paths))
-        key = content_key(files, embedder.config_key)
+        key = content_key(files, index_config_key(embedder))
         if cache_dir is not None:
             target = Path(cache_dir) / key
             if (target / "meta.json").is_file():
@@ -365,6 +377,8 @@ class ExemplarIndex:
         np.save(tmp / "features.npy", self.features)
         if self.content is not None:
             np.save(tmp / "content.npy", self.content)
+        if self.queries is not None:
+            np.save(tmp / "queries.npy", self.queries)
         meta = {"schema": SCHEMA_VERSION, "config": self.config, "problems": self.problems,
                 "template_lines": sorted(self.template_lines), "rows": [m.to_json() for m in self.meta]}
         (tmp / "meta.json").write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
@@ -386,9 +400,10 @@ class ExemplarIndex:
         index = faiss.read_index(str(directory / "index.faiss"))
         features = np.load(directory / "features.npy")
         content = np.load(directory / "content.npy") if (directory / "content.npy").is_file() else None
+        queries = np.load(directory / "queries.npy") if (directory / "queries.npy").is_file() else None
         return cls(index, [Exemplar.from_json(r) for r in meta["rows"]], features,
                    meta.get("config"), meta.get("problems"), content,
-                   frozenset(meta.get("template_lines") or ()))
+                   frozenset(meta.get("template_lines") or ()), queries)
 
     # ---- use ----------------------------------------------------------------------------------
 
@@ -397,6 +412,10 @@ class ExemplarIndex:
         if not len(self):
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(self.index.reconstruct_n(0, len(self)), dtype=np.float32)
+
+    def query_vectors(self) -> np.ndarray:
+        """Every row embedded as a query would be (:attr:`queries`, else the stored vectors)."""
+        return self.vectors() if self.queries is None else self.queries
 
     def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` exemplars by cosine: ``(sims, idx)``, each ``(n, k)``; idx -1 pads."""
@@ -429,18 +448,22 @@ class ExemplarIndex:
         return sims, np.where(sub_idx >= 0, self.outcome_rows[np.maximum(sub_idx, 0)], -1)
 
     def add(self, rows: Sequence[Exemplar | dict[str, Any]], embeddings: np.ndarray,
-            content: np.ndarray | None = None, template_lines: frozenset[str] = frozenset()) -> None:
+            content: np.ndarray | None = None, template_lines: frozenset[str] = frozenset(),
+            queries: np.ndarray | None = None) -> None:
         """Append exemplars: JSONL-style dicts (validated like file lines) or :class:`Exemplar`.
 
-        Used for feedback: the caller embeds the prompts with the same embedder, and passes their
-        content embeddings (None: the same) and any template lines it learnt from them (added to
-        :attr:`template_lines`). A dict's ``prompt`` feeds the stored cheap features (zeros
+        Used for feedback: the caller embeds the prompts as the index's rows were, and passes
+        their content embeddings (None: the same), their query embeddings (None: the same; needed
+        when the index keeps :attr:`queries`) and any template lines it learnt from them (added
+        to :attr:`template_lines`). A dict's ``prompt`` feeds the stored cheap features (zeros
         without it). Not persisted until :meth:`save` is called; a model that uses the index
         (``Analyzer``) must be refitted to learn from new labels, while new outcomes count at once.
         """
-        if len(rows) != len(embeddings) or (content is not None and len(content) != len(rows)):
-            raise AnalyzerError(f"add: {len(rows)} rows but {len(embeddings)} embeddings"
-                                + ("" if content is None else f" and {len(content)} content embeddings"))
+        for name, arr in (("content", content), ("query", queries)):
+            if arr is not None and len(arr) != len(rows):
+                raise AnalyzerError(f"add: {len(rows)} rows but {len(arr)} {name} embeddings")
+        if len(rows) != len(embeddings):
+            raise AnalyzerError(f"add: {len(rows)} rows but {len(embeddings)} embeddings")
         new: list[Exemplar] = []
         prompts: list[str] = []
         for i, row in enumerate(rows):
@@ -462,12 +485,32 @@ class ExemplarIndex:
         if content is not None or self.content is not None:
             old = self.vectors() if self.content is None else self.content
             self.content = np.vstack([old, vecs if content is None else np.asarray(content, dtype=np.float32)])
+        if queries is not None or self.queries is not None:
+            old = self.vectors() if self.queries is None else self.queries
+            self.queries = np.vstack([old, vecs if queries is None else np.asarray(queries, dtype=np.float32)])
         self.index.add(vecs)
         self.meta.extend(new)
         self.features = np.vstack([self.features, feats])
         self.template_lines |= template_lines
         self.directory = None  # no longer what the cache directory holds
         self._refresh()
+
+
+def index_config_key(embedder: Embedder) -> str:
+    """The embedder configuration an index for ``embedder``'s queries depends on: the rows'
+    embedder, and the queries' own when they differ (the index keeps the rows as queries too)."""
+    rows_embedder = index_embedder(embedder)
+    if rows_embedder is embedder:
+        return embedder.config_key
+    return f"{rows_embedder.config_key}|queries:{embedder.config_key}"
+
+
+def index_embedder(embedder: Embedder) -> Embedder:
+    """What embeds the index rows searched by ``embedder``'s queries: its
+    :meth:`~batchroute.analyzer.embedder.Embedder.for_index`, or the embedder itself when it has
+    none (a test double)."""
+    for_index = getattr(embedder, "for_index", None)
+    return for_index() if callable(for_index) else embedder
 
 
 def strip_and_embed(prompts: Sequence[str], vectors: np.ndarray, lines: frozenset[str], mask: Sequence[bool],

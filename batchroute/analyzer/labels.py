@@ -153,6 +153,20 @@ def _balanced_subset(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
+def loo_centroid_sims(queries: np.ndarray, vectors: np.ndarray, y: np.ndarray, sums: np.ndarray,
+                      counts: np.ndarray) -> np.ndarray:
+    """Mean cosine of each query to each label's rows, its own row left out.
+
+    ``queries[i]`` is row ``i`` (stored as ``vectors[i]``, labeled ``y[i]``) embedded as a query;
+    ``sums``/``counts`` come from :func:`class_sums` over every row.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    own = np.eye(sums.shape[0])[y]
+    self_sim = np.sum(q * np.asarray(vectors, dtype=np.float64), axis=1, keepdims=True)
+    out: np.ndarray = (q @ sums.T - own * self_sim) / np.maximum(counts - own, 1.0)
+    return out
+
+
 @dataclass
 class AxisModel:
     """kNN vote + stacker for one axis; :meth:`predict` gives calibrated probabilities."""
@@ -186,13 +200,14 @@ class AxisModel:
         return self.stacker.predict_proba(x)
 
     def fit(self, sims: np.ndarray, idx: np.ndarray, row_labels: np.ndarray, vectors: np.ndarray,
-            features: np.ndarray) -> dict[str, float]:
+            features: np.ndarray, queries: np.ndarray | None = None) -> dict[str, float]:
         """Train the stacker from the index's own rows with leave-one-out votes.
 
-        ``sims, idx`` are the neighbours of every index row (searched with ``k`` + a margin);
-        each row's own entry and its near-duplicates are dropped before voting, and its own
-        vector is taken out of its label's centroid. Returns fit diagnostics (out-of-fold
-        accuracy, fitted temperature).
+        ``vectors`` are the index rows; ``queries`` the same rows embedded as queries are (None:
+        ``vectors``). ``sims, idx`` are the neighbours of every row's query vector among the
+        rows (searched with ``k`` + a margin); each row's own entry and its near-duplicates are
+        dropped before voting, and its own vector is taken out of its label's centroid. Returns
+        fit diagnostics (out-of-fold accuracy, fitted temperature).
         """
         self.sums, self.counts = class_sums(vectors, row_labels, self.n_classes)
         rows = np.arange(len(row_labels))
@@ -207,10 +222,8 @@ class AxisModel:
         drop = (ix == rows[sel][:, None]) | (s >= NEAR_DUPLICATE)
         ix = np.where(drop, -1, ix)
         probs, best = self.vote(s, ix, row_labels)
-        own = np.eye(self.n_classes)[y]
-        q = vectors[sel].astype(np.float64)
-        centroid = (q @ self.sums.T - own * np.sum(q * q, axis=1, keepdims=True)) / np.maximum(
-            self.counts - own, 1.0)
+        q = vectors[sel] if queries is None else queries[sel]
+        centroid = loo_centroid_sims(q, vectors[sel], y, self.sums, self.counts)
         x = stack_inputs(probs, best, centroid, features[sel])
         # Classes are weighted equally whatever their exemplar counts.
         counts = np.bincount(y, minlength=self.n_classes).astype(np.float64)

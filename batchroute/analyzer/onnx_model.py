@@ -1,4 +1,5 @@
-"""The embedding model as an int8 ONNX Runtime graph: the analyzer's default precision on every CPU.
+"""The embedding model as ONNX Runtime graphs: int8 for queries (the analyzer's default precision on
+every CPU) and fp32 for the exemplar index (see ``Embedder.for_index``), both served without torch.
 
 The SentenceTransformer's transformer is exported to ONNX (torch's TorchScript exporter, opset
 17) and dynamically quantised by onnxruntime: int8 weights with one scale per output channel and
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the export or quantisation recipe changes: old files are then never loaded.
 RECIPE = "onnx17-eager-int8pc-rr-v2"
+# The same export, not quantised: the reference vectors of the exemplar index.
+RECIPE_FP32 = "onnx17-eager-fp32-v1"
 
 # (input_ids, attention_mask) int64 (batch, seq) -> last hidden state float32 (batch, seq, dim)
 Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -57,15 +60,15 @@ def available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
-def model_key(model_path: Path) -> str:
-    """A short hash naming the quantised graph of the model at ``model_path``.
+def model_key(model_path: Path, recipe: str = RECIPE) -> str:
+    """A short hash naming the graph of the model at ``model_path`` built by ``recipe``.
 
     Reads the library versions from package metadata: serving a cached graph never imports torch.
     """
     import importlib.metadata
 
     versions = "|".join(importlib.metadata.version(m) for m in ("onnxruntime", "torch"))
-    h = hashlib.sha256(f"{RECIPE}|{versions}".encode())
+    h = hashlib.sha256(f"{recipe}|{versions}".encode())
     for f in sorted(model_path.glob("*.safetensors")) + sorted(model_path.glob("*.bin")):
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -73,8 +76,9 @@ def model_key(model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _export(model: Any, out: Path) -> None:
-    """Write the quantised ONNX graph of the SentenceTransformer ``model``'s transformer to ``out``."""
+def _export(model: Any, out: Path, quantize: bool = True) -> None:
+    """Write the ONNX graph of the SentenceTransformer ``model``'s transformer to ``out``,
+    dynamically quantised to int8 unless ``quantize`` is false."""
     import copy
 
     import torch
@@ -102,6 +106,9 @@ def _export(model: Any, out: Path) -> None:
             torch.onnx.export(_Hidden(transformer).eval(), example, str(fp32),
                               input_names=["input_ids", "attention_mask"], output_names=["hidden"],
                               dynamic_axes=axes, opset_version=17, dynamo=False)
+        if not quantize:
+            os.replace(fp32, out)
+            return
         # onnxruntime advises "pre-processing" through the root logger on every call; the graph was
         # measured as it is, so that advice is noise to the user who started a worker.
         advice = _DropAdvice()
@@ -124,30 +131,33 @@ class _DropAdvice(logging.Filter):
 _BUILD_LOCK = threading.Lock()
 
 
-def load(model_path: Path, cache_dir: Path, threads: int, export_source: Callable[[], Any]) -> Forward:
-    """The quantised graph of the model at ``model_path`` as a forward function.
+def load(model_path: Path, cache_dir: Path, threads: int, export_source: Callable[[], Any],
+         quantize: bool = True) -> Forward:
+    """The int8 (``quantize``) or fp32 graph of the model at ``model_path`` as a forward function.
 
     If ``cache_dir`` has no graph for it yet, builds one from ``export_source()`` (the
     SentenceTransformer; only then is torch imported) and caches it.
     ``threads``: intra-op threads of the session (use the cores the process may use).
     Raises AnalyzerError when the graph cannot be built or loaded.
     """
+    kind = "int8" if quantize else "fp32"
     try:
         import onnxruntime as ort
 
         cache_dir.mkdir(parents=True, exist_ok=True)
-        path = cache_dir / f"minilm-{model_key(model_path)}.onnx"
+        path = cache_dir / (f"minilm-{model_key(model_path)}.onnx" if quantize
+                            else f"minilm-fp32-{model_key(model_path, RECIPE_FP32)}.onnx")
         with _BUILD_LOCK:
             if not path.exists():
-                log.info("exporting the embedding model to int8 ONNX (once per machine): %s", path)
-                _export(export_source(), path)
+                log.info("exporting the embedding model to %s ONNX (once per machine): %s", kind, path)
+                _export(export_source(), path, quantize)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # export, quantisation or session errors all mean: not usable
-        raise AnalyzerError(f"cannot build or load the int8 ONNX embedding model in {cache_dir}: {exc}") from exc
+        raise AnalyzerError(f"cannot build or load the {kind} ONNX embedding model in {cache_dir}: {exc}") from exc
 
     def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         hidden: np.ndarray = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
@@ -156,4 +166,4 @@ def load(model_path: Path, cache_dir: Path, threads: int, export_source: Callabl
     return forward
 
 
-__all__ = ["RECIPE", "Forward", "available", "load", "model_key"]
+__all__ = ["RECIPE", "RECIPE_FP32", "Forward", "available", "load", "model_key"]

@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from batchroute.analyzer.index import index_embedder
 from batchroute.analyzer.templates import grouped_template_lines, strip_template, template_lines
 from batchroute.errors import InputError
 from batchroute.evaluation.labels import iter_jsonl, prompt_hash
@@ -798,7 +799,10 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
         lines = grouped_template_lines(_by_file(tr).values())
         te_lines = {f: lines | template_lines(ps) for f, ps in _by_file(te).items()}
         te_texts = [strip_template(p, te_lines[f]) for p, f in zip(te.prompts, te.files, strict=True)]
-    tr_emb = embed([strip_template(p, lines) for p in tr.prompts], embedder)
+    # As in production: the outcome rows form the index (embedded for it), test prompts are queries.
+    # (Cross-validation then searches index-embedded train rows among themselves: only the choice
+    # of parameters sees that, not the figures reported.)
+    tr_emb = embed([strip_template(p, lines) for p in tr.prompts], index_embedder(embedder))
     te_emb = embed(te_texts, embedder)
     t_embed = time.perf_counter() - t0
 

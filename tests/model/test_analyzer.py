@@ -11,8 +11,10 @@ import pytest
 
 from batchroute.analyzer import (
     BUNDLED_EXEMPLARS,
+    FULL_LENGTH,
     Analysis,
     Analyzer,
+    Embedder,
     ExemplarIndex,
     prepare_text,
 )
@@ -141,9 +143,46 @@ def test_cached_index_reload_equals_built(analyzer: Analyzer, tmp_path: Path) ->
     assert [m.to_json() for m in loaded.meta] == [m.to_json() for m in built.meta]
     q = analyzer.embedder.encode(["What is 13 * 13?"])
     assert all(np.array_equal(x, y) for x, y in zip(loaded.search(q, 5), built.search(q, 5), strict=True))
+    assert built.queries is not None and loaded.queries is not None
+    assert np.array_equal(loaded.queries, built.queries)
     # Another input gives another key: a stale index is never reused.
     path.write_text(path.read_text() + json.dumps({"id": "new", "prompt": "Hi", "domain": "factual_qa"}) + "\n")
     assert ExemplarIndex.load_or_build([path], analyzer.embedder, tmp_path / "cache").key != built.key
+
+
+def test_index_rows_are_whole_prompts_in_fp32_and_kept_as_queries_too(analyzer: Analyzer, tmp_path: Path) -> None:
+    emb = analyzer.embedder
+    ref = emb.for_index()
+    assert (ref.prep, ref.precision, emb.precision) == (FULL_LENGTH, "ort-fp32", "ort-int8")
+    assert ref.for_index() is ref and emb.for_index() is ref
+    long_prompt = "Summarize this report for the board. " + "Revenue grew in every region last year. " * 40
+    path = tmp_path / "ex.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "prompt": long_prompt, "domain": "summarization"},
+        {"id": "b", "prompt": "What is 7 * 8?", "domain": "math"}]))
+    index = ExemplarIndex.build([path], emb)
+    prompts = [long_prompt, "What is 7 * 8?"]
+    # Rows: the whole prompt at full precision (the fp32 graph equals the stock fp32 model).
+    stock = Embedder(prep=FULL_LENGTH, precision="fp32", cache_size=0).encode(prompts)
+    assert np.allclose(index.vectors(), stock, atol=1e-4)
+    # As queries: cut and int8, exactly what analyze() embeds for the same text.
+    assert index.queries is not None and np.array_equal(index.queries, emb.encode(prompts))
+    assert float(index.queries[0] @ index.vectors()[0]) < 0.99  # the cut changes the long prompt
+    # The index key names both embedders: with index_full off it is another index, as before.
+    plain = Embedder(index_full=False)
+    assert plain.for_index() is plain
+    other = ExemplarIndex.build([path], plain)
+    assert other.queries is None and other.key != index.key
+    assert np.array_equal(other.vectors(), plain.encode(prompts))
+
+    # Learnt rows (feedback) are embedded the same two ways.
+    an = Analyzer(index, emb, k=1)
+    an.add_exemplars([{"id": "c", "prompt": "Write a haiku about rain.", "domain": "creative_writing"}])
+    assert len(index) == 3 and index.queries is not None and len(index.queries) == 3
+    haiku = Embedder(prep=FULL_LENGTH, precision="fp32", cache_size=0).encode(["Write a haiku about rain."])
+    assert np.allclose(index.vectors()[2], haiku[0], atol=1e-4)
+    assert np.array_equal(index.queries[2], emb.encode(["Write a haiku about rain."])[0])
+
 
 
 def test_fit_is_cached_beside_the_cached_index(analyzer: Analyzer, tmp_path: Path,
