@@ -219,8 +219,6 @@ def read_rows(files: Sequence[tuple[Path, bytes | None]]) -> tuple[list[Exemplar
                 continue
             rows.append(ex)
             prompts.append(prompt)
-    for p in problems:
-        log.warning("skipped exemplar line %s", p)
     return rows, prompts, problems
 
 
@@ -330,6 +328,10 @@ class ExemplarIndex:
         vectors = rows_embedder.encode(prompts)
         content, lines = content_vectors(meta, prompts, vectors, rows_embedder)
         queries = None if rows_embedder is embedder else embedder.encode(prompts)
+        if problems:
+            # One line for the log, not one per bad line (a large outcome file may have many);
+            # every problem stays in ``index.problems`` (``batchroute index build`` prints them).
+            log.warning("skipped %d exemplar lines; the first: %s", len(problems), problems[0])
         log.info("embedded %d exemplars from %d files in %.1fs (%d template lines)", len(prompts),
                  len(files), time.perf_counter() - t0, len(lines))
         out = cls.from_vectors(meta, vectors, feature_matrix(prompts), rows_embedder.config(), problems,
