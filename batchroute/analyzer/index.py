@@ -415,6 +415,14 @@ class ExemplarIndex:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(self.index.reconstruct_n(0, len(self)), dtype=np.float32)
 
+    def _extended(self, kept: np.ndarray | None, added: np.ndarray | None, vecs: np.ndarray) -> np.ndarray | None:
+        """A per-row array (content or query vectors) with ``added`` appended: None while neither
+        the index nor the new rows have one (the stored vectors stand in for it), else complete."""
+        if kept is None and added is None:
+            return None
+        old = self.vectors() if kept is None else kept
+        return np.vstack([old, vecs if added is None else np.asarray(added, dtype=np.float32)])
+
     def query_vectors(self) -> np.ndarray:
         """Every row embedded as a query would be (:attr:`queries`, else the stored vectors)."""
         return self.vectors() if self.queries is None else self.queries
@@ -484,12 +492,8 @@ class ExemplarIndex:
         feats = feature_matrix(prompts)
         feats[[i for i, p in enumerate(prompts) if not p]] = 0.0
         vecs = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if content is not None or self.content is not None:
-            old = self.vectors() if self.content is None else self.content
-            self.content = np.vstack([old, vecs if content is None else np.asarray(content, dtype=np.float32)])
-        if queries is not None or self.queries is not None:
-            old = self.vectors() if self.queries is None else self.queries
-            self.queries = np.vstack([old, vecs if queries is None else np.asarray(queries, dtype=np.float32)])
+        self.content = self._extended(self.content, content, vecs)
+        self.queries = self._extended(self.queries, queries, vecs)
         self.index.add(vecs)
         self.meta.extend(new)
         self.features = np.vstack([self.features, feats])
