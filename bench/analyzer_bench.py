@@ -24,7 +24,9 @@ Measures (nothing measured here is ever added to the index):
 Top-level keys: prompts, analyze_per_s, plain_encode_per_s, speedup, domain_macro_f1,
 domain_macro_f1_full_length, domain_macro_f1_gap_vs_full (paired bootstrap: the gap, its 95%
 interval, and how often it exceeds the 0.02 budget), domain_macro_f1_realizations,
-complexity_accuracy, index_load_s (+ details).
+complexity_accuracy, index_load_s, domain_macro_f1_audited (the same predictions against the shared
+labels with the rows of ``bench/data/label_audit.jsonl`` relabelled by TAXONOMY.md; see
+``bench/label_ceiling.py``) (+ details).
 
 **Quantisation noise.** The int8 graph quantises each batch's activations with one scale, so a
 prompt's vector (and an index row's) shifts slightly with what it is batched with; on 10-30-row
@@ -54,6 +56,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from label_ceiling import AUDIT, audited_truth, load_audit  # noqa: E402  (bench/ is sys.path[0])
 
 from batchroute.analyzer import (  # noqa: E402
     BUNDLED_EXEMPLARS,
@@ -379,6 +383,11 @@ def main() -> None:
     shared_res = results.get("shared", {})
     report["domain_macro_f1"] = shared_res.get("domain", {}).get("macro_f1")
     report["domain_macro_f1_demo"] = results.get("demo", {}).get("domain", {}).get("macro_f1")
+    if "shared" in fast_pred and AUDIT.exists():
+        # The same predictions against the shared labels with the audited rows relabelled by
+        # TAXONOMY.md (bench/label_ceiling.py): how much of the gap is the source labels.
+        audited = f1_report(audited_truth(shared, load_audit()), fast_pred["shared"])
+        report["domain_macro_f1_audited"] = audited["macro_f1"]
     if "full_length" in report:
         report["domain_macro_f1_full_length"] = (
             report["full_length"].get("shared", {}).get("domain", {}).get("macro_f1"))
