@@ -30,6 +30,18 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def short_labels(labels: list[str], width: int = 4) -> dict[str, str]:
+    """Each label cut to its shortest distinct prefix of at least ``width`` characters, so a
+    confusion matrix of nine domains fits 80 columns (``reasoning`` -> ``reas``)."""
+    out: dict[str, str] = {}
+    for lab in labels:
+        n = width
+        while n < len(lab) and any(o != lab and o[:n] == lab[:n] for o in labels):
+            n += 1
+        out[lab] = lab[:n]
+    return out
+
+
 def print_labels(report: dict[str, Any]) -> None:
     """Rich tables of an :func:`~batchroute.evaluation.eval_labels` report."""
     out.print(f"[bold]{', '.join(report['files'])}[/]: {report['rows']} rows, "
@@ -37,7 +49,11 @@ def print_labels(report: dict[str, Any]) -> None:
               + (f", {report['in_exemplars']} also in the exemplars" if report.get("in_exemplars") else ""),
               highlight=False)
     for axis, rep in report["axes"].items():
-        t = Table(title=f"{axis}: n={rep['n']}  accuracy {_fmt(rep['accuracy'])}  macro-F1 {_fmt(rep['macro_f1'])}")
+        true_f1 = rep.get("macro_f1_true_labels")
+        out.print(f"[bold]{axis}[/]: n={rep['n']}  accuracy {_fmt(rep['accuracy'])}  macro-F1 {_fmt(rep['macro_f1'])}"
+                  + (f" ({_fmt(true_f1)} over true labels)"
+                     if true_f1 is not None and true_f1 != rep["macro_f1"] else ""), highlight=False)
+        t = Table()
         for col in ("label", "precision", "recall", "F1", "support", "predicted"):
             t.add_column(col, justify="left" if col == "label" else "right")
         for lab, pc in rep["per_class"].items():
@@ -46,13 +62,17 @@ def print_labels(report: dict[str, Any]) -> None:
         out.print(t)
         labels, matrix = rep["confusion"]["labels"], rep["confusion"]["matrix"]
         if len(labels) > 1:
+            short = short_labels(labels)
             cm = Table(title=f"{axis} confusion (rows: true, columns: predicted)")
             cm.add_column("")
             for lab in labels:
-                cm.add_column(lab[:8], justify="right")
+                cm.add_column(short[lab], justify="right")
             for lab, row in zip(labels, matrix, strict=True):
-                cm.add_row(lab, *(str(v) if v else "." for v in row))
+                cm.add_row(short[lab], *(str(v) if v else "." for v in row))
             out.print(cm)
+            legend = [f"{short[lab]} = {lab}" for lab in labels if short[lab] != lab]
+            for start in range(0, len(legend), 3):  # three to a line: never wrapped inside one
+                out.print("  " + ", ".join(legend[start:start + 3]), highlight=False)
     scripts = report.get("domain_accuracy_by_script") or {}
     if len(scripts) > 1:
         out.print("  domain accuracy by script: " + "  ".join(
