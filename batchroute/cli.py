@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -412,8 +413,20 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
+def show_notices() -> None:
+    """Print the library's notices (logger ``batchroute.notice``: a first index build or model
+    export takes minutes) on stderr, and only there: other INFO records stay where they were."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("batchroute.notice")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
     """Console-script entry point."""
+    show_notices()
     app()
 
 

@@ -325,8 +325,10 @@ class ExemplarIndex:
         rows_embedder = index_embedder(embedder)
         meta, prompts, problems = read_rows(files)
         t0 = time.perf_counter()
-        vectors = rows_embedder.encode(prompts)
+        vectors = _encode_reporting(rows_embedder, prompts, len(files), t0)
         content, lines = content_vectors(meta, prompts, vectors, rows_embedder)
+        if rows_embedder is not embedder and len(prompts) > PROGRESS_CHUNK_ROWS:
+            notices.info("  exemplar index: embedding the rows as queries see them (shortened)")
         queries = None if rows_embedder is embedder else embedder.encode(prompts)
         if problems:
             # One line for the log, not one per bad line (a large outcome file may have many);
@@ -360,6 +362,7 @@ class ExemplarIndex:
                     return out
                 except (AnalyzerError, OSError, ValueError, KeyError) as exc:
                     log.warning("cached index %s unusable (%s); rebuilding", target, exc)
+        t0 = time.perf_counter()
         out = cls._build(files, embedder)
         out.key = key
         if cache_dir is not None:
@@ -368,6 +371,10 @@ class ExemplarIndex:
                 out.directory = Path(cache_dir) / key
             except OSError as exc:
                 log.warning("cannot cache the exemplar index in %s: %s", cache_dir, exc)
+            else:
+                if len(out) > PROGRESS_CHUNK_ROWS:
+                    notices.info("exemplar index built in %.0f s, cached in %s", time.perf_counter() - t0,
+                                 out.directory)
         return out
 
     def save(self, directory: Path) -> None:
@@ -509,6 +516,30 @@ def index_config_key(embedder: Embedder) -> str:
     if rows_embedder is embedder:
         return embedder.config_key
     return f"{rows_embedder.config_key}|queries:{embedder.config_key}"
+
+
+# Rows per progress notice while an index is built (smaller builds are embedded in one call).
+PROGRESS_CHUNK_ROWS = 256
+# Messages for the person who started a command: the CLI prints this logger on stderr (elsewhere
+# it propagates like any other): a first index build takes a minute or two, and silence looks
+# like a hang.
+notices = logging.getLogger("batchroute.notice")
+
+
+def _encode_reporting(embedder: Embedder, prompts: list[str], n_files: int, t0: float) -> np.ndarray:
+    """``embedder.encode(prompts)``, in chunks of :data:`PROGRESS_CHUNK_ROWS` with a notice
+    after each when there is more than one chunk."""
+    if len(prompts) <= PROGRESS_CHUNK_ROWS:
+        return embedder.encode(prompts)
+    notices.info("building the exemplar index: %d rows from %d files (once per exemplar set, then cached)",
+                 len(prompts), n_files)
+    parts = []
+    for start in range(0, len(prompts), PROGRESS_CHUNK_ROWS):
+        parts.append(embedder.encode(prompts[start:start + PROGRESS_CHUNK_ROWS]))
+        done = min(start + PROGRESS_CHUNK_ROWS, len(prompts))
+        notices.info("  exemplar index: %d/%d rows embedded, %.0f s", done, len(prompts),
+                     time.perf_counter() - t0)
+    return np.concatenate(parts)
 
 
 def index_embedder(embedder: Embedder) -> Embedder:

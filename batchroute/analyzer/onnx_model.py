@@ -149,7 +149,9 @@ def load(model_path: Path, cache_dir: Path, threads: int, export_source: Callabl
                             else f"minilm-fp32-{model_key(model_path, RECIPE_FP32)}.onnx")
         with _BUILD_LOCK:
             if not path.exists():
-                log.info("exporting the embedding model to %s ONNX (once per machine): %s", kind, path)
+                # "batchroute.notice": the CLI prints it on stderr (see analyzer.index.notices).
+                logging.getLogger("batchroute.notice").info(
+                    "exporting the embedding model to %s ONNX (once per machine): %s", kind, path)
                 _export(export_source(), path, quantize)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)

@@ -213,3 +213,45 @@ def test_explain_says_when_template_lines_were_left_out() -> None:
     # Nothing stripped, or a decision stored before the field existed: no such line.
     assert "template lines" not in rendered({"template_lines_stripped": 0, "candidates": []})
     assert "template lines" not in rendered({"candidates": []})
+
+
+def test_a_large_build_reports_progress_and_embeds_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    import batchroute.analyzer.index as index_module
+
+    files = _files(tmp_path)
+    caplog.set_level("INFO", logger="batchroute.notice")
+    whole = ExemplarIndex.load_or_build(files, HeadEmbedder(), tmp_path / "one")  # type: ignore[arg-type]
+    assert not [r for r in caplog.records if r.name == "batchroute.notice"]  # 24 rows: one call, quiet
+    monkeypatch.setattr(index_module, "PROGRESS_CHUNK_ROWS", 10)
+    emb = HeadEmbedder()
+    chunked = ExemplarIndex.load_or_build(files, emb, tmp_path / "cache")  # type: ignore[arg-type]
+    assert [len(c) for c in emb.calls][:3] == [10, 10, 4]
+    assert np.array_equal(chunked.vectors(), whole.vectors())
+    notices = [r.getMessage() for r in caplog.records if r.name == "batchroute.notice"]
+    assert notices[0] == "building the exemplar index: 24 rows from 2 files (once per exemplar set, then cached)"
+    assert [n.split(",")[0] for n in notices[1:4]] == [
+        "  exemplar index: 10/24 rows embedded", "  exemplar index: 20/24 rows embedded",
+        "  exemplar index: 24/24 rows embedded"]
+    assert len(notices) == 5 and notices[4].startswith("exemplar index built in ")
+    assert notices[-1].endswith(f"cached in {chunked.directory}")
+
+
+def test_the_cli_prints_notices_only(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from batchroute import cli
+
+    notice = logging.getLogger("batchroute.notice")
+    saved = (list(notice.handlers), notice.level, notice.propagate)
+    root = logging.getLogger()
+    root_handler = logging.StreamHandler()  # an app that configured logging: it must not see notices twice
+    root.addHandler(root_handler)
+    try:
+        cli.show_notices()
+        notice.info("a notice for the user")
+        logging.getLogger("batchroute.analyzer.index").info("an internal detail")
+        assert capsys.readouterr().err == "a notice for the user\n"
+    finally:
+        root.removeHandler(root_handler)
+        notice.handlers[:], notice.level, notice.propagate = saved[0], saved[1], saved[2]
