@@ -9,6 +9,7 @@ with the feedback learned so far (index and priors) and the profiler's live figu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,8 +49,13 @@ def _flush(items: list[JobItem], latency: str, out: IO[str]) -> None:
     items.clear()
 
 
-def analyze_file(path: Path, out: IO[str], latency: str = "standard") -> tuple[int, int]:
-    """Write one JSON line per input line of ``path`` to ``out``; returns (lines, invalid)."""
+def analyze_file(path: Path, out: IO[str], latency: str = "standard",
+                 on_progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Write one JSON line per input line of ``path`` to ``out``; returns (lines, invalid).
+
+    ``on_progress(lines)`` is called with the number of input lines written so far after each
+    batch (every ``analyze_chunk_size`` prompts) and at the end.
+    """
     registry = get_registry()
     chunk = get_settings().analyze_chunk_size
     lines = bad = 0
@@ -61,9 +67,13 @@ def analyze_file(path: Path, out: IO[str], latency: str = "standard") -> tuple[i
                 batch.append(item)
                 if len(batch) >= chunk:
                     _flush(batch, latency, out)
+                    if on_progress is not None:
+                        on_progress(lines)
             else:
                 _flush(batch, latency, out)
                 bad += 1
                 out.write(json.dumps({"id": None, "line": item.line, "error": str(item)}) + "\n")
     _flush(batch, latency, out)
+    if on_progress is not None:
+        on_progress(lines)
     return lines, bad

@@ -155,8 +155,13 @@ def analyze(
     from batchroute.analyze_file import analyze_file
 
     fh = output.open("w", encoding="utf-8") if output else sys.stdout
+    # A progress line only when the results do not go to the same terminal (it would tear them).
+    show = output is not None or not sys.stdout.isatty()
     try:
-        n, bad = analyze_file(file, fh, latency)
+        with Progress(TextColumn("[bold]analyzing {task.fields[file]}"), TextColumn("{task.completed} lines"),
+                      TimeElapsedColumn(), console=err, transient=True, disable=not show) as bar:
+            task = bar.add_task("analyze", total=None, file=file.name)
+            n, bad = analyze_file(file, fh, latency, on_progress=lambda lines: bar.update(task, completed=lines))
     finally:
         if output:
             fh.close()
@@ -413,10 +418,22 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time, so a notice printed while a rich
+    spinner or progress bar redirects stderr lands above it instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
 def show_notices() -> None:
     """Print the library's notices (logger ``batchroute.notice``: a first index build or model
     export takes minutes) on stderr, and only there: other INFO records stay where they were."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("batchroute.notice")
     logger.addHandler(handler)

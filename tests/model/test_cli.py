@@ -106,3 +106,28 @@ def test_registry_validate(tmp_path: Path) -> None:
     res = runner.invoke(app, ["registry", "validate", str(bad)])
     assert res.exit_code == 2
     assert "models[0](sim-gpt-4).input_price_per_mtok_usd" in res.output
+
+
+def test_analyze_reports_progress_per_batch(embedded: Path) -> None:
+    import io
+
+    from batchroute.analyze_file import analyze_file
+    from tests.conftest import apply_settings
+
+    apply_settings(BATCHROUTE_DATABASE_URL=f"sqlite:///{embedded}/t.db", BATCHROUTE_BROKER_URL="memory://",
+                   BATCHROUTE_ANALYZE_CHUNK_SIZE="2")
+    job = embedded / "five.jsonl"
+    job.write_text("".join(json.dumps({"id": str(i), "prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(5))
+                   + "{broken\n")
+    seen: list[int] = []
+    buf = io.StringIO()
+    assert analyze_file(job, buf, on_progress=seen.append) == (6, 1)
+    # After each full batch of 2, then once at the end (the bad line flushes the last one first).
+    assert seen == [2, 4, 6]
+    rows = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4", None]
+
+    out = embedded / "out.jsonl"
+    res = runner.invoke(app, ["analyze", str(job), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(out.read_text().splitlines()) == 6 and "6 lines analyzed, 1 invalid" in res.output
