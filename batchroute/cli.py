@@ -433,10 +433,11 @@ class _StderrHandler(logging.Handler):
 def show_notices() -> None:
     """Print the library's notices (logger ``batchroute.notice``: a first index build or model
     export takes minutes) on stderr, and only there: other INFO records stay where they were."""
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("batchroute.notice")
-    logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):  # called twice: still one line each
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
 

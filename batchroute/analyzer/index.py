@@ -325,7 +325,10 @@ class ExemplarIndex:
         rows_embedder = index_embedder(embedder)
         meta, prompts, problems = read_rows(files)
         t0 = time.perf_counter()
-        vectors = _encode_reporting(rows_embedder, prompts, len(files), t0)
+        if len(prompts) > PROGRESS_CHUNK_ROWS:
+            notices.info("building the exemplar index: %d rows from %d files (once per exemplar set, then cached)",
+                         len(prompts), len(files))
+        vectors = _encode_reporting(rows_embedder, prompts, t0)
         content, lines = content_vectors(meta, prompts, vectors, rows_embedder)
         if rows_embedder is not embedder and len(prompts) > PROGRESS_CHUNK_ROWS:
             notices.info("  exemplar index: embedding the rows as queries see them (shortened)")
@@ -526,13 +529,11 @@ PROGRESS_CHUNK_ROWS = 256
 notices = logging.getLogger("batchroute.notice")
 
 
-def _encode_reporting(embedder: Embedder, prompts: list[str], n_files: int, t0: float) -> np.ndarray:
+def _encode_reporting(embedder: Embedder, prompts: list[str], t0: float) -> np.ndarray:
     """``embedder.encode(prompts)``, in chunks of :data:`PROGRESS_CHUNK_ROWS` with a notice
-    after each when there is more than one chunk."""
+    after each when there is more than one chunk (``t0``: when the build started)."""
     if len(prompts) <= PROGRESS_CHUNK_ROWS:
         return embedder.encode(prompts)
-    notices.info("building the exemplar index: %d rows from %d files (once per exemplar set, then cached)",
-                 len(prompts), n_files)
     parts = []
     for start in range(0, len(prompts), PROGRESS_CHUNK_ROWS):
         parts.append(embedder.encode(prompts[start:start + PROGRESS_CHUNK_ROWS]))

@@ -249,6 +249,7 @@ def test_the_cli_prints_notices_only(capsys: pytest.CaptureFixture[str]) -> None
     root.addHandler(root_handler)
     try:
         cli.show_notices()
+        cli.show_notices()
         notice.info("a notice for the user")
         logging.getLogger("batchroute.analyzer.index").info("an internal detail")
         assert capsys.readouterr().err == "a notice for the user\n"
