@@ -236,23 +236,3 @@ def test_a_large_build_reports_progress_and_embeds_the_same(tmp_path: Path, monk
     assert len(notices) == 5 and notices[4].startswith("exemplar index built in ")
     assert notices[-1].endswith(f"cached in {chunked.directory}")
 
-
-def test_the_cli_prints_notices_only(capsys: pytest.CaptureFixture[str]) -> None:
-    import logging
-
-    from batchroute import cli
-
-    notice = logging.getLogger("batchroute.notice")
-    saved = (list(notice.handlers), notice.level, notice.propagate)
-    root = logging.getLogger()
-    root_handler = logging.StreamHandler()  # an app that configured logging: it must not see notices twice
-    root.addHandler(root_handler)
-    try:
-        cli.show_notices()
-        cli.show_notices()
-        notice.info("a notice for the user")
-        logging.getLogger("batchroute.analyzer.index").info("an internal detail")
-        assert capsys.readouterr().err == "a notice for the user\n"
-    finally:
-        root.removeHandler(root_handler)
-        notice.handlers[:], notice.level, notice.propagate = saved[0], saved[1], saved[2]
