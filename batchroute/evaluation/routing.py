@@ -680,11 +680,14 @@ def _fold_of(prompts: Sequence[str], folds: int, seed: int) -> np.ndarray:
 
 def cross_validate(emb: np.ndarray, train: OutcomeSet, c_scale: float, mode: str, strong: str | None,
                    models: Sequence[str], grid: Sequence[KnnParams], folds: int = CV_FOLDS,
-                   seed: int = 0, repeats: int = CV_REPEATS) -> dict[str, Any]:
+                   seed: int = 0, repeats: int = CV_REPEATS, queries: np.ndarray | None = None) -> dict[str, Any]:
     """Mean held-out AIQ gain of each parameter set over ``repeats`` × ``folds`` folds of the train rows.
 
     The gain is AIQ(router) − AIQ(single hull) on the held-out fold; the best parameter set wins.
+    ``emb``: the train rows as the index holds them; ``queries``: the same rows as a query would
+    be embedded (None: ``emb``), so the held-out fold is searched as test prompts are.
     """
+    queries = emb if queries is None else queries
     kmax = max(p.k for p in grid)
     scores: dict[KnnParams, list[float]] = {p: [] for p in grid}
     for rep, f in ((r, f) for r in range(repeats) for f in range(folds)):
@@ -697,7 +700,7 @@ def cross_validate(emb: np.ndarray, train: OutcomeSet, c_scale: float, mode: str
         sub_s, sub_c = train.scores[rest], train.costs[rest]
         prior = np.nanmean(sub_s, axis=0)
         cost_prior = np.nanmean(sub_c, axis=0)
-        sims, idx = knn(emb[held], emb[rest], kmax)
+        sims, idx = knn(queries[held], emb[rest], kmax)
         for p in grid:
             q, chat = predict(sims, idx, sub_s, sub_c, prior, cost_prior, p)
             res = score_test(q, chat, part, models, c_scale, mode, None, strong)
@@ -800,16 +803,19 @@ def eval_routing(train: Sequence[Path | str], test: Sequence[Path | str], lambda
         te_lines = {f: lines | template_lines(ps) for f, ps in _by_file(te).items()}
         te_texts = [strip_template(p, te_lines[f]) for p, f in zip(te.prompts, te.files, strict=True)]
     # As in production: the outcome rows form the index (embedded for it), test prompts are queries.
-    # (Cross-validation then searches index-embedded train rows among themselves: only the choice
-    # of parameters sees that, not the figures reported.)
-    tr_emb = embed([strip_template(p, lines) for p in tr.prompts], index_embedder(embedder))
+    tr_texts = [strip_template(p, lines) for p in tr.prompts]
+    rows_embedder = index_embedder(embedder)
+    tr_emb = embed(tr_texts, rows_embedder)
     te_emb = embed(te_texts, embedder)
+    tune_now = params is None and tune
+    # Cross-validation searches its held-out train rows embedded as queries too.
+    tr_queries = embed(tr_texts, embedder) if tune_now and rows_embedder is not embedder else None
     t_embed = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     cv: dict[str, Any] = {}
-    if params is None and tune:
-        cv = cross_validate(tr_emb, tr, c_scale, mode, strong, models, PARAM_GRID, seed=seed)
+    if tune_now:
+        cv = cross_validate(tr_emb, tr, c_scale, mode, strong, models, PARAM_GRID, seed=seed, queries=tr_queries)
         params = cv["best"]
     chosen = params or DEFAULT_PARAMS
     t_cv = time.perf_counter() - t0

@@ -425,3 +425,49 @@ def test_eval_routing_strips_template_lines_unless_told_not_to(tmp_path: Path, m
     for flag, expected in (([], True), (["--no-strip-templates"], False)):
         runner.invoke(app, ["eval", "routing", "--train", str(tr), "--test", str(te), *flag])
         assert calls.pop()["strip_boilerplate"] is expected
+
+
+def test_cross_validation_searches_train_rows_as_queries(tmp_path: Path) -> None:
+    from batchroute.evaluation import eval_routing
+
+    seen: list[tuple[str, list[str]]] = []
+
+    class Rows(_FakeEmbedder):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            seen.append(("rows", list(texts)))
+            return super().encode(texts)
+
+    class Queries(_FakeEmbedder):
+        def for_index(self) -> Rows:
+            return rows
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            seen.append(("queries", list(texts)))
+            return super().encode(texts)
+
+    rows = Rows()
+    train, test = _rows(40, "train", costs=True), _rows(10, "test", costs=True)
+    tr, te = _write(tmp_path / "tr.jsonl", train), _write(tmp_path / "te.jsonl", test)
+    train_prompts, test_prompts = [r["prompt"] for r in train], [r["prompt"] for r in test]
+    eval_routing([tr], [te], embedder=Queries(), tune=True, bootstrap=0)
+    assert seen == [("rows", train_prompts), ("queries", test_prompts), ("queries", train_prompts)]
+    seen.clear()
+    eval_routing([tr], [te], embedder=Queries(), tune=False, bootstrap=0)
+    assert seen == [("rows", train_prompts), ("queries", test_prompts)]
+
+
+def test_cross_validate_uses_the_query_vectors_for_the_held_out_fold() -> None:
+    from batchroute.evaluation.routing import PARAM_GRID, cross_validate, fill_arrays
+
+    rows = _rows(40, "train", costs=True)
+    models = ["weak", "mid", "strong"]
+    data = OutcomeSet([r["id"] for r in rows], [r["prompt"] for r in rows], ["f"] * len(rows),
+                      [r["outcomes"] for r in rows])
+    fill_arrays(data, models, "recorded", {}, None)
+    emb = _FakeEmbedder().encode(data.prompts)
+    same = cross_validate(emb, data, 1.0, "recorded", None, models, PARAM_GRID[:4])
+    assert cross_validate(emb, data, 1.0, "recorded", None, models, PARAM_GRID[:4], queries=emb) == same
+    # Queries pointing away from their own kind find the wrong neighbours: a worse held-out gain.
+    flipped = emb[:, [1, 0, 2, 3, 4, 5, 6, 7]]
+    worse = cross_validate(emb, data, 1.0, "recorded", None, models, PARAM_GRID[:4], queries=flipped)
+    assert worse["table"][0]["cv_aiq_gain"] < same["table"][0]["cv_aiq_gain"]
