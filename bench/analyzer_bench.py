@@ -56,8 +56,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # label_ceiling, also when this file is imported, not run
 
-from label_ceiling import AUDIT, audited_truth, load_audit  # noqa: E402  (bench/ is sys.path[0])
+from label_ceiling import AUDIT, audited_truth, load_audit  # noqa: E402
 
 from batchroute.analyzer import (  # noqa: E402
     BUNDLED_EXEMPLARS,
